@@ -1,0 +1,129 @@
+"""Typed, serializable configs (frozen dataclasses) and command-line overrides."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from typing import Any
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  """One training run of one model."""
+
+  model: str
+  epochs: int = 10
+  batch_size: int = 128
+  optimizer: str = "sgd"  # "sgd" (momentum, Nesterov) or "adam"
+  learning_rate: float = 0.05
+  momentum: float = 0.9
+  weight_decay: float = 0.0
+  schedule: str = "cosine"  # "cosine" or "constant"
+  jitter: int = 0  # random translation of up to this many pixels, on the device; 0 = off
+
+
+@dataclasses.dataclass(frozen=True)
+class StudyConfig:
+  """Teacher, student alone and distilled student, over several seeds."""
+
+  name: str
+  dataset: str = "builtin"  # "builtin", "idx:PATH" or "tfds:NAME"
+  tfds_data_dir: str | None = None
+  download: bool = False
+  teacher: TrainConfig = TrainConfig(model="mlp1200")
+  student: TrainConfig = TrainConfig(model="mlp800")  # the student trained alone
+  distilled: TrainConfig = TrainConfig(model="mlp800")  # the same student, distilled
+  alpha: float = 0.5
+  temperature: float = 4.0
+  seeds: tuple[int, ...] = (0, 1, 2)
+  workdir: str = "runs"
+
+
+def validate_study(cfg: StudyConfig) -> None:
+  """Fails before any training on a config that cannot run."""
+  from kdjax.losses import check_alpha, check_temperature
+  from kdjax.models import get_model_spec
+  from kdjax.train.state import make_optimizer
+
+  check_temperature(cfg.temperature)
+  check_alpha(cfg.alpha)
+  if not cfg.seeds:
+    raise ValueError("seeds is empty: give at least one seed")
+  if len(set(cfg.seeds)) != len(cfg.seeds):
+    raise ValueError(f"seeds must be distinct, got {cfg.seeds}")
+  for role in ("teacher", "student", "distilled"):
+    run: TrainConfig = getattr(cfg, role)
+    get_model_spec(run.model)
+    for field in ("epochs", "batch_size"):
+      if getattr(run, field) < 1:
+        raise ValueError(f"{role}.{field} must be >= 1, got {getattr(run, field)}")
+    if run.jitter < 0:
+      raise ValueError(f"{role}.jitter must be >= 0, got {run.jitter}")
+    make_optimizer(run.optimizer, learning_rate=run.learning_rate, total_steps=1,
+                   momentum=run.momentum, weight_decay=run.weight_decay, schedule=run.schedule)
+  if cfg.student.model != cfg.distilled.model:
+    raise ValueError(f"student ({cfg.student.model}) and distilled ({cfg.distilled.model}) must be "
+                     "the same model for the comparison to mean anything")
+
+
+def to_dict(cfg) -> dict[str, Any]:
+  return dataclasses.asdict(cfg)
+
+
+def _convert(text: str, tp, key: str):
+  origin = typing.get_origin(tp)
+  if origin in (types.UnionType, typing.Union):
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    if text.lower() in ("none", "null"):
+      return None
+    return _convert(text, args[0], key)
+  if origin is tuple:
+    (elem, *_) = typing.get_args(tp)
+    return tuple(_convert(t, elem, key) for t in text.split(",") if t.strip())
+  if tp is bool:
+    if text.lower() in ("1", "true", "yes", "on"):
+      return True
+    if text.lower() in ("0", "false", "no", "off"):
+      return False
+    raise ValueError(f"{key}: expected true or false, got {text!r}")
+  if tp in (int, float):
+    try:
+      value = tp(text)
+    except ValueError:
+      raise ValueError(f"{key}: expected {tp.__name__}, got {text!r}") from None
+    if tp is float and not math.isfinite(value):
+      raise ValueError(f"{key}: expected a finite number, got {text!r}")
+    return value
+  if tp is str:
+    return text
+  raise ValueError(f"{key}: cannot set a field of type {tp} from the command line")
+
+
+def override(cfg, assignments: list[str]):
+  """Applies ``key=value`` overrides (dotted keys reach nested configs, e.g.
+  ``teacher.epochs=20``) and returns a new config. Unknown keys and values of
+  the wrong type raise ``ValueError``."""
+  for assignment in assignments:
+    key, sep, value = assignment.partition("=")
+    if not sep:
+      raise ValueError(f"override {assignment!r} is not of the form key=value")
+    cfg = _set(cfg, key.strip().split("."), value.strip(), key)
+  return cfg
+
+
+def _set(cfg, path: list[str], value: str, full_key: str):
+  hints = typing.get_type_hints(type(cfg))
+  name = path[0]
+  if name not in hints:
+    known = ", ".join(f.name for f in dataclasses.fields(cfg))
+    raise ValueError(f"unknown config key {full_key!r}; {type(cfg).__name__} has: {known}")
+  if len(path) > 1:
+    inner = getattr(cfg, name)
+    if not dataclasses.is_dataclass(inner):
+      raise ValueError(f"config key {full_key!r}: {name} has no sub-keys")
+    return dataclasses.replace(cfg, **{name: _set(inner, path[1:], value, full_key)})
+  if dataclasses.is_dataclass(getattr(cfg, name)):
+    raise ValueError(f"config key {full_key!r} is a group; set one of its fields, e.g. {full_key}.epochs=5")
+  return dataclasses.replace(cfg, **{name: _convert(value, hints[name], full_key)})

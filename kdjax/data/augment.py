@@ -1,0 +1,33 @@
+"""On-device augmentation: pure, jittable functions over float image batches."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+
+def to_float(images_uint8: jax.Array) -> jax.Array:
+  """uint8 ``[B, H, W, C]`` in [0, 255] -> float32 in [0, 1]."""
+  return images_uint8.astype(jnp.float32) / 255.0
+
+
+def jitter(key: jax.Array, images_BxHxWxC: jax.Array, max_shift: int = 2) -> jax.Array:
+  """Random translation of each image by up to ``max_shift`` pixels along each axis.
+
+  Shifts are drawn uniformly from ``{-max_shift, ..., max_shift}`` per image and
+  axis; pixels shifted in are zero (background), as in Hinton et al. (2015)'s
+  "jittered by up to two pixels in any direction".
+  """
+  if max_shift == 0:
+    return images_BxHxWxC
+  if max_shift < 0:
+    raise ValueError(f"max_shift must be >= 0, got {max_shift}")
+  b, h, w, c = images_BxHxWxC.shape
+  s = max_shift
+  padded = jnp.pad(images_BxHxWxC, ((0, 0), (s, s), (s, s), (0, 0)))
+  offsets = jax.random.randint(key, (b, 2), 0, 2 * s + 1)
+
+  def crop(img, off):
+    return jax.lax.dynamic_slice(img, (off[0], off[1], 0), (h, w, c))
+
+  return jax.vmap(crop)(padded, offsets)

@@ -1,0 +1,18 @@
+"""Models: Flax NNX modules returning ``(logits, feats)``, used functionally."""
+
+from kdjax.models.cnn import SmallCNN
+from kdjax.models.functional import apply_model, split_model
+from kdjax.models.mlp import MLP
+from kdjax.models.registry import ModelSpec, create_model, get_model_spec, model_names, register_model
+
+__all__ = [
+    "MLP",
+    "ModelSpec",
+    "SmallCNN",
+    "apply_model",
+    "create_model",
+    "get_model_spec",
+    "model_names",
+    "register_model",
+    "split_model",
+]

@@ -1,0 +1,47 @@
+"""Named study configs: ``kdjax distill --config NAME``."""
+
+from __future__ import annotations
+
+from kdjax.config import StudyConfig, TrainConfig
+
+# Hinton et al. (2015), section 3, on the built-in 10k/2k MNIST subset, sized to
+# run in a few minutes on a laptop CPU. Teacher: 1200-1200 with dropout and +-2
+# pixel jitter; student alone: 800-800 with no regulariser; distilled: the same
+# student on the teacher's soft targets (T=20) for the same jittered views.
+HINTON_MNIST = StudyConfig(
+    name="hinton_mnist",
+    dataset="builtin",
+    teacher=TrainConfig(model="mlp1200", epochs=20, batch_size=128, learning_rate=0.05, jitter=2),
+    student=TrainConfig(model="mlp800", epochs=10, batch_size=128, learning_rate=0.05),
+    distilled=TrainConfig(model="mlp800", epochs=10, batch_size=128, learning_rate=0.05, jitter=2),
+    alpha=0.1,
+    temperature=20.0,
+    seeds=(0, 1, 2),
+)
+
+# The same study on full MNIST (60k/10k) read from a local idx directory:
+#   kdjax distill --config hinton_mnist_full --data idx:/path/to/mnist
+HINTON_MNIST_FULL = StudyConfig(
+    name="hinton_mnist_full",
+    dataset="idx:data/mnist",
+    teacher=TrainConfig(model="mlp1200", epochs=60, batch_size=128, learning_rate=0.05, jitter=2),
+    student=TrainConfig(model="mlp800", epochs=60, batch_size=128, learning_rate=0.05),
+    distilled=TrainConfig(model="mlp800", epochs=60, batch_size=128, learning_rate=0.05, jitter=2),
+    alpha=0.1,
+    temperature=20.0,
+    seeds=(0, 1, 2),
+)
+
+# The small CNN pair on CIFAR-10 from a prepared TFDS directory.
+CNN_CIFAR10 = StudyConfig(
+    name="cnn_cifar10",
+    dataset="tfds:cifar10",
+    teacher=TrainConfig(model="cnn64", epochs=30, batch_size=128, learning_rate=0.05, jitter=4),
+    student=TrainConfig(model="cnn16", epochs=30, batch_size=128, learning_rate=0.05, jitter=4),
+    distilled=TrainConfig(model="cnn16", epochs=30, batch_size=128, learning_rate=0.05, jitter=4),
+    alpha=0.1,
+    temperature=4.0,
+    seeds=(0, 1, 2),
+)
+
+PRESETS = {c.name: c for c in (HINTON_MNIST, HINTON_MNIST_FULL, CNN_CIFAR10)}

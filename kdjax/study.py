@@ -1,0 +1,123 @@
+"""The distillation study: teacher, student alone and distilled student over seeds.
+
+``run_study(cfg)`` trains the teacher once (first seed), then for every seed the
+student alone and the same student distilled from that teacher, and returns the
+per-run test metrics; ``format_table`` prints them as mean ± std over seeds.
+Everything is written under ``cfg.workdir/cfg.name``: ``metrics.jsonl`` (one
+line per epoch per run), ``results.json`` (the config, versions, device and the
+final numbers) and ``table.md``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+
+import kdjax
+from kdjax.config import StudyConfig, to_dict, validate_study
+from kdjax.data import ArrayDataset, load_dataset
+from kdjax.models import get_model_spec
+from kdjax.train import distill, train_student, train_teacher
+
+ROLES = ("teacher", "student", "distilled")
+ROLE_LABELS = {"teacher": "teacher", "student": "student alone", "distilled": "student distilled"}
+
+
+@dataclasses.dataclass
+class StudyResult:
+  cfg: StudyConfig
+  dataset: str
+  test_size: int
+  runs: dict[str, list[dict[str, Any]]]  # role -> one record per seed
+  wall_s: float
+  device: str
+  out_dir: Path | None = None
+
+
+def environment() -> dict[str, str]:
+  dev = jax.devices()[0]
+  return {"kdjax": kdjax.__version__, "jax": jax.__version__, "python": platform.python_version(),
+          "device": f"{dev.platform}:{getattr(dev, 'device_kind', '')} x{jax.device_count()}",
+          "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+
+
+def check_models_fit_data(cfg: StudyConfig, data: ArrayDataset) -> None:
+  for role in ROLES:
+    spec = get_model_spec(getattr(cfg, role).model)
+    if spec.input_shape != data.image_shape:
+      raise ValueError(f"{role} model {spec.name!r} expects images of shape {spec.input_shape}, but "
+                       f"{data.name} has images of shape {data.image_shape}")
+
+
+def run_study(cfg: StudyConfig, *, data: ArrayDataset | None = None, progress: bool = True,
+              write: bool = True) -> StudyResult:
+  validate_study(cfg)
+  if data is None:
+    data = load_dataset(cfg.dataset, tfds_data_dir=cfg.tfds_data_dir, download=cfg.download)
+  check_models_fit_data(cfg, data)
+  env = environment()
+  out_dir = Path(cfg.workdir) / cfg.name if write else None
+  log_path = None
+  if out_dir:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    log_path = out_dir / "metrics.jsonl"
+    log_path.write_text("")
+  t0 = time.perf_counter()
+  runs: dict[str, list[dict[str, Any]]] = {r: [] for r in ROLES}
+
+  def record(role, seed, trained):
+    runs[role].append({"seed": seed, **trained.test, "wall_s": round(trained.fit.wall_s, 2)})
+
+  common = dict(log_path=log_path, progress=progress)
+  teacher = train_teacher(data, cfg.teacher, seed=cfg.seeds[0],
+                          log_fields={"run": "teacher", "seed": cfg.seeds[0]}, **common)
+  record("teacher", cfg.seeds[0], teacher)
+  for seed in cfg.seeds:
+    record("student", seed, train_student(
+        data, cfg.student, seed=seed, log_fields={"run": "student", "seed": seed}, **common))
+    record("distilled", seed, distill(
+        data, cfg.distilled, teacher, alpha=cfg.alpha, temperature=cfg.temperature, seed=seed,
+        log_fields={"run": "distilled", "seed": seed}, **common))
+  result = StudyResult(cfg, data.name, len(data.test_labels), runs, time.perf_counter() - t0,
+                       env["device"], out_dir)
+  if out_dir:
+    (out_dir / "results.json").write_text(json.dumps(
+        {"config": to_dict(cfg), "environment": env, "dataset": data.summary(), "runs": runs,
+         "wall_s": round(result.wall_s, 1)}, indent=2))
+    (out_dir / "table.md").write_text(format_table(result) + "\n")
+  return result
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+  """Mean and sample standard deviation (0 for a single value)."""
+  return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def format_table(result: StudyResult) -> str:
+  cfg = result.cfg
+  lines = [
+      f"{cfg.name} on {result.dataset} ({result.test_size} test images), T={cfg.temperature:g}, "
+      f"alpha={cfg.alpha:g}, seeds {','.join(map(str, cfg.seeds))}, {result.device}",
+      "",
+      "| run | model | test errors | test accuracy (%) | runs | wall s / run |",
+      "|---|---|---|---|---|---|",
+  ]
+  for role in ROLES:
+    recs = result.runs[role]
+    err_m, err_s = mean_std([r["errors"] for r in recs])
+    acc_m, acc_s = mean_std([100 * r["accuracy"] for r in recs])
+    wall = statistics.fmean(r["wall_s"] for r in recs)
+    spread = (f" ± {err_s:.1f}", f" ± {acc_s:.2f}") if len(recs) > 1 else ("", "")
+    lines.append(f"| {ROLE_LABELS[role]} | {getattr(cfg, role).model} | {err_m:.1f}{spread[0]} | "
+                 f"{acc_m:.2f}{spread[1]} | {len(recs)} | {wall:.1f} |")
+  lines.append("")
+  lines.append(f"mean ± sample std over runs; total wall time {result.wall_s:.0f} s")
+  return "\n".join(lines)

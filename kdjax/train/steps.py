@@ -1,0 +1,110 @@
+"""The jitted train and eval steps.
+
+``train_step(state, teacher_vars, batch) -> (state, metrics)`` is compiled once:
+the teacher's variables are an argument (never closed over, so they are not
+baked into the program as constants), run in inference mode under
+``stop_gradient``; only the student state is differentiated, updated and donated.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from kdjax.data.augment import jitter, to_float
+from kdjax.methods import Method
+from kdjax.models.functional import apply_model
+from kdjax.train.state import TrainState
+
+
+def teacher_variables(params, rest) -> dict[str, Any]:
+  """The teacher's variables as the step takes them."""
+  return {"params": params, "rest": rest}
+
+
+def make_train_step(graphdef, tx: optax.GradientTransformation, method: Method, *,
+                    teacher_graphdef=None, jitter_pixels: int = 0) -> Callable:
+  """Builds the jitted student step for ``method``.
+
+  Augmentation (``jitter_pixels`` > 0) runs on the device; the teacher sees the
+  same augmented view as the student. A step whose loss or gradient is not
+  finite leaves the state unchanged and reports ``finite = False``, so the last
+  good state survives for the loop to keep.
+
+  Returns ``step(state, teacher_vars, batch) -> (state, metrics)``, jitted with
+  the state donated; ``teacher_vars`` is ``None`` when there is no teacher.
+  """
+  if getattr(method, "needs_teacher", False) and teacher_graphdef is None:
+    raise ValueError("this method needs a teacher, but no teacher was given")
+
+  def step(state: TrainState, teacher_vars, batch):
+    rng, k_aug, k_drop = jax.random.split(state.rng, 3)
+    x = to_float(batch["image"])
+    if jitter_pixels:
+      x = jitter(k_aug, x, jitter_pixels)
+    teacher = None
+    if teacher_graphdef is not None:
+      t_logits, t_feats, _ = apply_model(teacher_graphdef, teacher_vars["params"], teacher_vars["rest"],
+                                         x, train=False)
+      teacher = jax.lax.stop_gradient((t_logits, t_feats))
+
+    def loss_fn(params):
+      logits, feats, new_rest = apply_model(graphdef, params, state.rest, x, train=True, rngs=k_drop)
+      loss_B, terms = method(logits, feats, teacher, batch)
+      return jnp.mean(loss_B), (logits, terms, new_rest)
+
+    (loss, (logits, terms, new_rest)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    grad_norm = optax.tree.norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    updated = TrainState(params, new_rest, opt_state, state.step + 1, rng)
+    kept = state._replace(step=state.step + 1, rng=rng)
+    new_state = jax.tree.map(lambda a, b: jnp.where(finite, a, b), updated, kept)
+    metrics = {
+        "loss": loss,
+        "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
+        "grad_norm": grad_norm,
+        "finite": finite,
+        **{k: jnp.mean(v) for k, v in terms.items()},
+    }
+    if teacher is not None:
+      metrics["teacher_agreement"] = jnp.mean(jnp.argmax(logits, -1) == jnp.argmax(teacher[0], -1))
+    return new_state, metrics
+
+  return jax.jit(step, donate_argnums=0)
+
+
+def make_eval_step(graphdef) -> Callable:
+  """Jitted ``eval_step(params, rest, images_uint8, labels, mask) -> (correct, loss_sum)``."""
+
+  def eval_step(params, rest, images, labels, mask):
+    logits, _, _ = apply_model(graphdef, params, rest, to_float(images), train=False)
+    logits = logits.astype(jnp.float32)
+    correct = jnp.sum((jnp.argmax(logits, -1) == labels) & mask)
+    nll = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    return correct, jnp.sum(jnp.where(mask, nll, 0.0))
+
+  return jax.jit(eval_step)
+
+
+def evaluate(eval_step: Callable, params, rest, images, labels, batch_size: int = 1000) -> dict[str, float]:
+  """Accuracy, error count and mean loss over a whole split, in fixed-size padded batches."""
+  n = len(labels)
+  correct = jnp.zeros((), jnp.int32)
+  loss_sum = jnp.zeros((), jnp.float32)
+  for start in range(0, n, batch_size):
+    xb, yb = images[start:start + batch_size], labels[start:start + batch_size]
+    pad = batch_size - len(yb)
+    mask = jnp.arange(batch_size) < len(yb)
+    if pad:
+      xb = jnp.concatenate([xb, jnp.zeros((pad, *xb.shape[1:]), xb.dtype)])
+      yb = jnp.concatenate([yb, jnp.zeros((pad,), yb.dtype)])
+    c, l = eval_step(params, rest, xb, yb, mask)
+    correct, loss_sum = correct + c, loss_sum + l
+  correct, loss_sum = jax.device_get((correct, loss_sum))
+  return {"accuracy": float(correct) / n, "errors": int(n - correct), "loss": float(loss_sum) / n}

@@ -1,0 +1,22 @@
+import os
+
+# Tests run on the CPU, whatever else the machine has.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import pytest  # noqa: E402
+
+from kdjax.data import load_builtin  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def mnist():
+  return load_builtin()
+
+
+@pytest.fixture(scope="session")
+def small_mnist(mnist):
+  """2,000 training and 500 test images of the built-in subset, for quick runs."""
+  import dataclasses
+  return dataclasses.replace(mnist, name="mnist_small", train_images=mnist.train_images[:2000],
+                             train_labels=mnist.train_labels[:2000], test_images=mnist.test_images[:500],
+                             test_labels=mnist.test_labels[:500])

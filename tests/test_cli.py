@@ -1,0 +1,92 @@
+import json
+
+import pytest
+
+from kdjax.cli import main
+from kdjax.config import StudyConfig, TrainConfig, override, validate_study
+from kdjax.presets import HINTON_MNIST
+
+
+def test_override_sets_nested_typed_fields():
+  cfg = override(HINTON_MNIST, ["temperature=4", "teacher.epochs=3", "seeds=1,2", "distilled.jitter=0",
+                                "tfds_data_dir=none", "download=true"])
+  assert cfg.temperature == 4.0 and isinstance(cfg.temperature, float)
+  assert cfg.teacher.epochs == 3 and cfg.seeds == (1, 2) and cfg.distilled.jitter == 0
+  assert cfg.tfds_data_dir is None and cfg.download is True
+  assert HINTON_MNIST.teacher.epochs != 3  # configs are immutable
+
+
+@pytest.mark.parametrize("assignment,message", [
+    ("temprature=4", "unknown config key 'temprature'"),
+    ("teacher.epoch=3", "unknown config key 'teacher.epoch'"),
+    ("teacher.epochs=three", "teacher.epochs: expected int, got 'three'"),
+    ("temperature=nan", "expected a finite number"),
+    ("teacher=3", "is a group"),
+    ("download=maybe", "expected true or false"),
+    ("temperature", "not of the form key=value"),
+])
+def test_bad_overrides_are_named(assignment, message):
+  with pytest.raises(ValueError, match=message):
+    override(HINTON_MNIST, [assignment])
+
+
+@pytest.mark.parametrize("changes,message", [
+    ({"temperature": 0.0}, "temperature must be"),
+    ({"temperature": -2.0}, "temperature must be"),
+    ({"alpha": 1.2}, "alpha"),
+    ({"alpha": -0.1}, "alpha"),
+    ({"seeds": ()}, "seeds is empty"),
+    ({"teacher": TrainConfig(model="resnet9000")}, "unknown model 'resnet9000'"),
+    ({"student": TrainConfig(model="mlp800", epochs=0)}, "student.epochs must be >= 1"),
+    ({"distilled": TrainConfig(model="mlp800", optimizer="lion")}, "unknown optimizer 'lion'"),
+    ({"distilled": TrainConfig(model="cnn16")}, "must be the same model"),
+])
+def test_validate_study_rejects_bad_configs(changes, message):
+  import dataclasses
+  with pytest.raises(ValueError, match=message):
+    validate_study(dataclasses.replace(HINTON_MNIST, **changes))
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--set", "temperature=0"], "temperature must be"),
+    (["--set", "alpha=2"], "alpha"),
+    (["--set", "teacher.model=nope"], "unknown model 'nope'"),
+    (["--data", "idx:/no/such/dir"], "does not exist"),
+    (["--data", "mnist"], "unknown dataset 'mnist'"),
+    (["--set", "teacher.model=cnn64"], r"teacher model 'cnn64' expects images of shape \(32, 32, 3\)"),
+])
+def test_cli_bad_input_fails_before_training(argv, message, capsys, tmp_path):
+  code = main(["distill", "--no-progress", "--workdir", str(tmp_path), *argv])
+  err = capsys.readouterr().err
+  assert code == 2 and "kdjax: error:" in err
+  assert __import__("re").search(message, err), err
+  assert not (tmp_path / "hinton_mnist" / "metrics.jsonl").exists() or \
+      (tmp_path / "hinton_mnist" / "metrics.jsonl").read_text() == ""
+
+
+def test_cli_idx_dir_without_idx_files(capsys, tmp_path):
+  (tmp_path / "d").mkdir()
+  assert main(["distill", "--data", f"idx:{tmp_path / 'd'}", "--workdir", str(tmp_path)]) == 2
+  assert "holds no complete IDX dataset" in capsys.readouterr().err
+
+
+def test_cli_runs_the_study_end_to_end(capsys, tmp_path):
+  code = main(["distill", "--no-progress", "--workdir", str(tmp_path), "--seeds", "0,1",
+               "--set", "teacher.epochs=1", "--set", "student.epochs=1", "--set", "distilled.epochs=1"])
+  out = capsys.readouterr().out
+  assert code == 0
+  for row in ("| teacher | mlp1200 |", "| student alone | mlp800 |", "| student distilled | mlp800 |"):
+    assert row in out
+  run_dir = tmp_path / "hinton_mnist"
+  results = json.loads((run_dir / "results.json").read_text())
+  assert results["config"]["seeds"] == [0, 1] and results["environment"]["kdjax"]
+  assert len(results["runs"]["distilled"]) == 2 and all(r["accuracy"] > 0.8 for r in results["runs"]["student"])
+  lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+  assert len(lines) == 5  # teacher + 2 seeds x (student, distilled), one epoch each
+  assert (run_dir / "table.md").read_text().strip() in out
+
+
+def test_cli_list(capsys):
+  assert main(["list"]) == 0
+  out = capsys.readouterr().out
+  assert "hinton_mnist" in out and "mlp1200" in out
