@@ -38,6 +38,9 @@ class StudyConfig:
   alpha: float = 0.5
   temperature: float = 4.0
   seeds: tuple[int, ...] = (0, 1, 2)
+  # Also train the student alone with the distilled run's augmentation, so the
+  # table separates the gain from the teacher from the gain from augmentation.
+  augmented_control: bool = True
   workdir: str = "runs"
 
 

@@ -5,7 +5,8 @@ student alone and the same student distilled from that teacher, and returns the
 per-run test metrics; ``format_table`` prints them as mean ± std over seeds.
 Everything is written under ``cfg.workdir/cfg.name``: ``metrics.jsonl`` (one
 line per epoch per run), ``results.json`` (the config, versions, device and the
-final numbers) and ``table.md``.
+final numbers), ``table.md`` and the teacher's variables (``teacher.npz``).
+A run stopped by a NaN leaves its last good state in ``<run>_seed<k>_last_good.npz``.
 """
 
 from __future__ import annotations
@@ -22,13 +23,26 @@ from typing import Any
 import jax
 
 import kdjax
-from kdjax.config import StudyConfig, to_dict, validate_study
+from kdjax.config import StudyConfig, TrainConfig, to_dict, validate_study
 from kdjax.data import ArrayDataset, load_dataset
 from kdjax.models import get_model_spec
-from kdjax.train import distill, train_student, train_teacher
+from kdjax.train import NonFiniteLossError, distill, train_student, train_teacher
+from kdjax.train.checkpoint import save_pytree
 
-ROLES = ("teacher", "student", "distilled")
-ROLE_LABELS = {"teacher": "teacher", "student": "student alone", "distilled": "student distilled"}
+ROLES = ("teacher", "student", "control", "distilled")
+ROLE_LABELS = {"teacher": "teacher", "student": "student alone",
+               "control": "student alone + jitter (control)", "distilled": "student distilled"}
+
+
+def control_config(cfg: StudyConfig) -> TrainConfig | None:
+  """The student alone with the distilled run's augmentation, or None when it adds nothing."""
+  if not cfg.augmented_control or cfg.distilled.jitter == cfg.student.jitter:
+    return None
+  return dataclasses.replace(cfg.student, jitter=cfg.distilled.jitter)
+
+
+def role_config(cfg: StudyConfig, role: str) -> TrainConfig | None:
+  return control_config(cfg) if role == "control" else getattr(cfg, role)
 
 
 @dataclasses.dataclass
@@ -50,7 +64,7 @@ def environment() -> dict[str, str]:
 
 
 def check_models_fit_data(cfg: StudyConfig, data: ArrayDataset) -> None:
-  for role in ROLES:
+  for role in ("teacher", "student", "distilled"):
     spec = get_model_spec(getattr(cfg, role).model)
     if spec.input_shape != data.image_shape:
       raise ValueError(f"{role} model {spec.name!r} expects images of shape {spec.input_shape}, but "
@@ -73,19 +87,27 @@ def run_study(cfg: StudyConfig, *, data: ArrayDataset | None = None, progress: b
   t0 = time.perf_counter()
   runs: dict[str, list[dict[str, Any]]] = {r: [] for r in ROLES}
 
-  def record(role, seed, trained):
+  def run(role, seed, train_fn, *args, **kwargs):
+    try:
+      trained = train_fn(data, *args, seed=seed, log_path=log_path, progress=progress,
+                         log_fields={"run": role, "seed": seed}, **kwargs)
+    except NonFiniteLossError as e:
+      if out_dir:  # keep the last good state on disk before giving up
+        saved = save_pytree(out_dir / f"{role}_seed{seed}_last_good.npz", e.state)
+        e.args = (f"{e.args[0]}; saved to {saved}",)
+      raise
     runs[role].append({"seed": seed, **trained.test, "wall_s": round(trained.fit.wall_s, 2)})
+    return trained
 
-  common = dict(log_path=log_path, progress=progress)
-  teacher = train_teacher(data, cfg.teacher, seed=cfg.seeds[0],
-                          log_fields={"run": "teacher", "seed": cfg.seeds[0]}, **common)
-  record("teacher", cfg.seeds[0], teacher)
+  teacher = run("teacher", cfg.seeds[0], train_teacher, cfg.teacher)
+  if out_dir:
+    save_pytree(out_dir / "teacher.npz", teacher.variables)
+  control = control_config(cfg)
   for seed in cfg.seeds:
-    record("student", seed, train_student(
-        data, cfg.student, seed=seed, log_fields={"run": "student", "seed": seed}, **common))
-    record("distilled", seed, distill(
-        data, cfg.distilled, teacher, alpha=cfg.alpha, temperature=cfg.temperature, seed=seed,
-        log_fields={"run": "distilled", "seed": seed}, **common))
+    run("student", seed, train_student, cfg.student)
+    if control:
+      run("control", seed, train_student, control, desc=f"student+jitter {control.model} seed {seed}")
+    run("distilled", seed, distill, cfg.distilled, teacher, alpha=cfg.alpha, temperature=cfg.temperature)
   result = StudyResult(cfg, data.name, len(data.test_labels), runs, time.perf_counter() - t0,
                        env["device"], out_dir)
   if out_dir:
@@ -101,23 +123,29 @@ def mean_std(values: list[float]) -> tuple[float, float]:
   return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
-def format_table(result: StudyResult) -> str:
+def format_table(result: StudyResult, extra: dict[str, dict[str, str]] | None = None) -> str:
+  """Markdown table, mean ± std over seeds; ``extra`` adds columns: {header: {role: text}}."""
   cfg = result.cfg
+  extra = extra or {}
   lines = [
       f"{cfg.name} on {result.dataset} ({result.test_size} test images), T={cfg.temperature:g}, "
       f"alpha={cfg.alpha:g}, seeds {','.join(map(str, cfg.seeds))}, {result.device}",
       "",
-      "| run | model | test errors | test accuracy (%) | runs | wall s / run |",
-      "|---|---|---|---|---|---|",
+      "| run | model | test errors | test accuracy (%) | runs | wall s / run |"
+      + "".join(f" {h} |" for h in extra),
+      "|---|---|---|---|---|---|" + "---|" * len(extra),
   ]
   for role in ROLES:
     recs = result.runs[role]
+    if not recs:
+      continue
     err_m, err_s = mean_std([r["errors"] for r in recs])
     acc_m, acc_s = mean_std([100 * r["accuracy"] for r in recs])
     wall = statistics.fmean(r["wall_s"] for r in recs)
     spread = (f" ± {err_s:.1f}", f" ± {acc_s:.2f}") if len(recs) > 1 else ("", "")
-    lines.append(f"| {ROLE_LABELS[role]} | {getattr(cfg, role).model} | {err_m:.1f}{spread[0]} | "
-                 f"{acc_m:.2f}{spread[1]} | {len(recs)} | {wall:.1f} |")
+    lines.append(f"| {ROLE_LABELS[role]} | {role_config(cfg, role).model} | {err_m:.1f}{spread[0]} | "
+                 f"{acc_m:.2f}{spread[1]} | {len(recs)} | {wall:.1f} |"
+                 + "".join(f" {col.get(role, '')} |" for col in extra.values()))
   lines.append("")
   lines.append(f"mean ± sample std over runs; total wall time {result.wall_s:.0f} s")
   return "\n".join(lines)

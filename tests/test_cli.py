@@ -1,5 +1,6 @@
 import json
 
+import numpy as np
 import pytest
 
 from kdjax.cli import main
@@ -75,14 +76,16 @@ def test_cli_runs_the_study_end_to_end(capsys, tmp_path):
                "--set", "teacher.epochs=1", "--set", "student.epochs=1", "--set", "distilled.epochs=1"])
   out = capsys.readouterr().out
   assert code == 0
-  for row in ("| teacher | mlp1200 |", "| student alone | mlp800 |", "| student distilled | mlp800 |"):
+  for row in ("| teacher | mlp1200 |", "| student alone | mlp800 |", "| student alone + jitter (control) | mlp800 |",
+              "| student distilled | mlp800 |"):
     assert row in out
   run_dir = tmp_path / "hinton_mnist"
   results = json.loads((run_dir / "results.json").read_text())
   assert results["config"]["seeds"] == [0, 1] and results["environment"]["kdjax"]
   assert len(results["runs"]["distilled"]) == 2 and all(r["accuracy"] > 0.8 for r in results["runs"]["student"])
   lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-  assert len(lines) == 5  # teacher + 2 seeds x (student, distilled), one epoch each
+  assert len(lines) == 7  # teacher + 2 seeds x (student, control, distilled), one epoch each
+  assert sorted({json.loads(x)["run"] for x in lines}) == ["control", "distilled", "student", "teacher"]
   assert (run_dir / "table.md").read_text().strip() in out
 
 
@@ -90,3 +93,15 @@ def test_cli_list(capsys):
   assert main(["list"]) == 0
   out = capsys.readouterr().out
   assert "hinton_mnist" in out and "mlp1200" in out
+
+
+def test_cli_nan_stops_names_the_step_and_keeps_the_last_good_state(capsys, tmp_path):
+  code = main(["distill", "--no-progress", "--workdir", str(tmp_path), "--seeds", "0",
+               "--set", "teacher.epochs=1", "--set", "teacher.learning_rate=1e12"])
+  err = capsys.readouterr().err
+  assert code == 1
+  assert __import__("re").search(r"teacher mlp1200 seed 0: (loss|grad_norm) became (nan|inf) at step \d+", err), err
+  saved = tmp_path / "hinton_mnist" / "teacher_seed0_last_good.npz"
+  assert saved.exists() and str(saved) in err
+  with np.load(saved) as z:
+    assert all(np.isfinite(z[k]).all() for k in z.files if "params" in k)

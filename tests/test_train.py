@@ -125,3 +125,13 @@ def test_nan_during_training_stops_with_the_step_and_keeps_the_last_good_state(s
 def test_batch_larger_than_the_dataset_is_rejected(small_mnist):
   with pytest.raises(ValueError, match="larger than the training set"):
     train_student(small_mnist, dataclasses.replace(TINY, batch_size=5000), progress=False)
+
+
+def test_checkpoint_round_trip_and_architecture_check(small_mnist, teacher, tmp_path):
+  from kdjax.train.checkpoint import load_pytree, save_pytree
+  save_pytree(tmp_path / "t.npz", teacher.variables)
+  restored = load_pytree(tmp_path / "t.npz", teacher.variables)
+  jax.tree.map(np.testing.assert_array_equal, teacher.variables, restored)
+  _, student_params, _ = split_model(create_model("mlp800", num_classes=10, input_shape=(28, 28, 1)))
+  with pytest.raises(ValueError, match="another architecture"):
+    load_pytree(tmp_path / "t.npz", {"params": student_params, "rest": teacher.rest})
