@@ -22,6 +22,13 @@ class TrainConfig:
   weight_decay: float = 0.0
   schedule: str = "cosine"  # "cosine" or "constant"
   jitter: int = 0  # random translation of up to this many pixels, on the device; 0 = off
+  dropout: float | None = None  # hidden-layer dropout rate; None = the model's default
+  input_dropout: float | None = None  # input dropout rate (MLPs); None = the model's default
+
+  def model_options(self) -> dict[str, float]:
+    """Options for :func:`kdjax.models.create_model` that this config sets."""
+    opts = {"dropout_rate": self.dropout, "input_dropout_rate": self.input_dropout}
+    return {k: v for k, v in opts.items() if v is not None}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,7 +54,7 @@ class StudyConfig:
 def validate_study(cfg: StudyConfig) -> None:
   """Fails before any training on a config that cannot run."""
   from kdjax.losses import check_alpha, check_temperature
-  from kdjax.models import get_model_spec
+  from kdjax.models.registry import check_model_options
   from kdjax.train.state import make_optimizer
 
   check_temperature(cfg.temperature)
@@ -58,12 +65,16 @@ def validate_study(cfg: StudyConfig) -> None:
     raise ValueError(f"seeds must be distinct, got {cfg.seeds}")
   for role in ("teacher", "student", "distilled"):
     run: TrainConfig = getattr(cfg, role)
-    get_model_spec(run.model)
+    check_model_options(run.model, run.model_options())  # also rejects an unknown model
     for field in ("epochs", "batch_size"):
       if getattr(run, field) < 1:
         raise ValueError(f"{role}.{field} must be >= 1, got {getattr(run, field)}")
     if run.jitter < 0:
       raise ValueError(f"{role}.jitter must be >= 0, got {run.jitter}")
+    for field in ("dropout", "input_dropout"):
+      rate = getattr(run, field)
+      if rate is not None and not 0.0 <= rate < 1.0:
+        raise ValueError(f"{role}.{field} must lie in [0, 1), got {rate}")
     make_optimizer(run.optimizer, learning_rate=run.learning_rate, total_steps=1,
                    momentum=run.momentum, weight_decay=run.weight_decay, schedule=run.schedule)
   if cfg.student.model != cfg.distilled.model:

@@ -105,3 +105,12 @@ def test_cli_nan_stops_names_the_step_and_keeps_the_last_good_state(capsys, tmp_
   assert saved.exists() and str(saved) in err
   with np.load(saved) as z:
     assert all(np.isfinite(z[k]).all() for k in z.files if "params" in k)
+
+
+def test_model_options_are_checked_before_training():
+  import dataclasses
+  with pytest.raises(ValueError, match="model 'cnn16' has no option input_dropout_rate"):
+    validate_study(dataclasses.replace(HINTON_MNIST, student=TrainConfig("cnn16", input_dropout=0.1),
+                                       distilled=TrainConfig("cnn16")))
+  with pytest.raises(ValueError, match=r"teacher.dropout must lie in \[0, 1\)"):
+    validate_study(override(HINTON_MNIST, ["teacher.dropout=1.0"]))

@@ -61,3 +61,11 @@ def test_unknown_model_is_named_with_the_alternatives():
 def test_wrong_image_shape_is_rejected():
   with pytest.raises(ValueError, match=r"expects images of shape \(28, 28, 1\).*\(32, 32, 3\)"):
     create_model("mlp800", num_classes=10, input_shape=(32, 32, 3))
+
+
+def test_model_options_override_defaults_and_unknown_ones_are_named():
+  m = create_model("mlp1200", num_classes=10, input_shape=(28, 28, 1), dropout_rate=0.2, input_dropout_rate=0.0)
+  assert m.dropout.rate == 0.2 and m.input_dropout.rate == 0.0
+  assert create_model("mlp1200", num_classes=10, input_shape=(28, 28, 1)).dropout.rate == 0.5
+  with pytest.raises(ValueError, match="has no option width"):
+    create_model("mlp800", num_classes=10, input_shape=(28, 28, 1), width=3)

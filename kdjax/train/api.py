@@ -41,7 +41,8 @@ class TrainedModel:
 def _train(data: ArrayDataset, cfg: TrainConfig, method: Method, *, seed: int, desc: str,
            teacher: TrainedModel | None = None, log_path: str | Path | None = None,
            log_fields: dict[str, Any] | None = None, progress: bool = True) -> TrainedModel:
-  model = create_model(cfg.model, num_classes=data.num_classes, input_shape=data.image_shape, seed=seed)
+  model = create_model(cfg.model, num_classes=data.num_classes, input_shape=data.image_shape, seed=seed,
+                       **cfg.model_options())
   graphdef, params, rest = split_model(model)
   total = cfg.epochs * steps_per_epoch(len(data.train_labels), cfg.batch_size)
   tx = make_optimizer(cfg.optimizer, learning_rate=cfg.learning_rate, total_steps=total,
