@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from kdjax.config import StudyConfig, TrainConfig
 
 # Hinton et al. (2015), section 3, on the built-in 10k/2k MNIST subset, sized to
@@ -31,16 +33,13 @@ HINTON_MNIST = StudyConfig(
 
 # The same study on full MNIST (60k/10k) read from a local idx directory:
 #   kdjax distill --config hinton_mnist_full --data idx:/path/to/mnist
-HINTON_MNIST_FULL = StudyConfig(
+HINTON_MNIST_FULL = dataclasses.replace(
+    HINTON_MNIST,
     name="hinton_mnist_full",
     dataset="idx:data/mnist",
-    teacher=TrainConfig(model="mlp1200", epochs=30, batch_size=128, learning_rate=0.1, jitter=2,
-                        dropout=0.2, input_dropout=0.0),
-    student=TrainConfig(model="mlp800", epochs=30, batch_size=128, learning_rate=0.05),
-    distilled=TrainConfig(model="mlp800", epochs=30, batch_size=128, learning_rate=0.05, jitter=2),
-    alpha=0.5,
-    temperature=20.0,
-    seeds=(0, 1, 2),
+    teacher=dataclasses.replace(HINTON_MNIST.teacher, epochs=30),
+    student=dataclasses.replace(HINTON_MNIST.student, epochs=30),
+    distilled=dataclasses.replace(HINTON_MNIST.distilled, epochs=30),
 )
 
 # The small CNN pair on CIFAR-10 from a prepared TFDS directory.

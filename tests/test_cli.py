@@ -116,3 +116,16 @@ def test_model_options_are_checked_before_training():
                                        distilled=TrainConfig("cnn16")))
   with pytest.raises(ValueError, match=r"teacher.dropout must lie in \[0, 1\)"):
     validate_study(override(HINTON_MNIST, ["teacher.dropout=1.0"]))
+
+
+def test_cnn_study_runs_on_mocked_cifar10():
+  tfds = pytest.importorskip("tensorflow_datasets")
+  from kdjax.presets import CNN_CIFAR10
+  from kdjax.study import run_study
+  cfg = override(CNN_CIFAR10, ["seeds=0", "augmented_control=false", "teacher.epochs=1", "student.epochs=1",
+                               "distilled.epochs=1", "teacher.batch_size=32", "student.batch_size=32",
+                               "distilled.batch_size=32"])
+  with tfds.testing.mock_data(num_examples=64):
+    result = run_study(cfg, progress=False, write=False)
+  assert result.dataset == "cifar10" and result.test_size == 64
+  assert {r: len(v) for r, v in result.runs.items()} == {"teacher": 1, "student": 1, "control": 0, "distilled": 1}
