@@ -97,6 +97,9 @@ def run_study(cfg: StudyConfig, *, data: ArrayDataset | None = None, progress: b
         e.args = (f"{e.args[0]}; saved to {saved}",)
       raise
     runs[role].append({"seed": seed, **trained.test, "wall_s": round(trained.fit.wall_s, 2)})
+    if progress:
+      print(f"{ROLE_LABELS[role]:<32} seed {seed}: {trained.test['errors']:>5} test errors "
+            f"({100 * trained.test['accuracy']:.2f}%), {trained.fit.wall_s:.1f} s", flush=True)
     return trained
 
   teacher = run("teacher", cfg.seeds[0], train_teacher, cfg.teacher)
