@@ -37,7 +37,7 @@ HINTON_MNIST_FULL = dataclasses.replace(
     HINTON_MNIST,
     name="hinton_mnist_full",
     dataset="idx:data/mnist",
-    teacher=dataclasses.replace(HINTON_MNIST.teacher, epochs=30),
+    teacher=dataclasses.replace(HINTON_MNIST.teacher, epochs=60),
     student=dataclasses.replace(HINTON_MNIST.student, epochs=30),
     distilled=dataclasses.replace(HINTON_MNIST.distilled, epochs=30),
 )

@@ -65,7 +65,9 @@ def fit(state: TrainState, train_step: Callable, eval_step: Callable, data: Arra
   history: list[dict[str, Any]] = []
   shuffle_key = jax.random.key(seed)
   t0 = time.perf_counter()
-  bar = tqdm(total=epochs * n_steps, desc=desc, disable=not progress, leave=False, dynamic_ncols=True)
+  # disable=None: tqdm hides the bar when stderr is not a terminal (logs, CI).
+  bar = tqdm(total=epochs * n_steps, desc=desc, disable=None if progress else True, leave=False,
+             dynamic_ncols=True)
   try:
     for epoch in range(1, epochs + 1):
       perm = jax.random.permutation(jax.random.fold_in(shuffle_key, epoch), len(train_y))[:n_steps * batch_size]
