@@ -80,10 +80,18 @@ def check_teacher(teacher: TrainedModel, data: ArrayDataset) -> None:
                      f"but {data.name} has images of shape {data.image_shape}")
 
 
-def distill(data: ArrayDataset, cfg: TrainConfig, teacher: TrainedModel, *, alpha: float,
-            temperature: float, seed: int = 0, **kwargs) -> TrainedModel:
-  """Trains a student with Hinton KD from ``teacher`` (see :func:`kdjax.losses.hinton_kd_loss`)."""
+def distill(data: ArrayDataset, cfg: TrainConfig, teacher: TrainedModel, *, alpha: float | None = None,
+            temperature: float | None = None, method: Method | None = None, seed: int = 0,
+            **kwargs) -> TrainedModel:
+  """Trains a student from ``teacher``: Hinton KD with ``alpha`` and ``temperature``
+  (see :func:`kdjax.losses.hinton_kd_loss`), or any teacher-using ``method`` from
+  :mod:`kdjax.methods` (e.g. ``make_method("dkd", beta=8.0)``)."""
   check_teacher(teacher, data)
-  method = hinton_kd(alpha=alpha, temperature=temperature)
+  if method is None:
+    if alpha is None or temperature is None:
+      raise ValueError("distill needs alpha and temperature (Hinton KD), or a method")
+    method = hinton_kd(alpha=alpha, temperature=temperature)
+  elif alpha is not None or temperature is not None:
+    raise ValueError("give either a method or alpha and temperature, not both: the method carries its own")
   kwargs.setdefault("desc", f"distill {cfg.model} seed {seed}")
   return _train(data, cfg, method, seed=seed, teacher=teacher, **kwargs)

@@ -54,7 +54,7 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, method: Method, 
 
     def loss_fn(params):
       logits, feats, new_rest = apply_model(graphdef, params, state.rest, x, train=True, rngs=k_drop)
-      loss_B, terms = method(logits, feats, teacher, batch)
+      loss_B, terms = method(logits, feats, teacher, {**batch, "step": state.step})
       return jnp.mean(loss_B), (logits, terms, new_rest)
 
     (loss, (logits, terms, new_rest)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)

@@ -1,0 +1,93 @@
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from kdjax.config import TrainConfig
+from kdjax.losses import hard_cross_entropy, hinton_kd_loss
+from kdjax.methods import make_method, method_names
+from kdjax.models import create_model, split_model
+from kdjax.train import distill, fit, init_train_state, make_eval_step, make_train_step, train_teacher
+
+# DKD with the reference code's linear warm-up (its beta=8 term swamps CE early on).
+DEFAULTS = {"hinton": dict(alpha=0.5, temperature=4.0), "dkd": dict(warmup_steps=20)}
+TINY = TrainConfig(model="mlp800", epochs=1, batch_size=100, learning_rate=0.05)
+
+
+@pytest.fixture(scope="module")
+def data(small_mnist):
+  return dataclasses.replace(small_mnist, train_images=small_mnist.train_images[:1000],
+                             train_labels=small_mnist.train_labels[:1000])
+
+
+@pytest.fixture(scope="module")
+def teacher(data):
+  return train_teacher(data, dataclasses.replace(TINY, model="mlp1200", epochs=2, learning_rate=0.1),
+                       progress=False)
+
+
+def _logits(seed=0, b=8, c=10):
+  rng = np.random.default_rng(seed)
+  return (rng.normal(size=(b, c)).astype(np.float32), 2 * rng.normal(size=(b, c)).astype(np.float32),
+          rng.integers(0, c, b))
+
+
+@pytest.mark.parametrize("name", [n for n in method_names() if n != "supervised"])
+@pytest.mark.parametrize("standardize", [False, True])
+def test_every_logit_method_trains_a_student_with_one_compiled_step(name, standardize, data, teacher):
+  method = make_method(name, standardize=standardize, **DEFAULTS.get(name, {}))
+  graphdef, params, rest = split_model(create_model("mlp800", num_classes=10, input_shape=(28, 28, 1)))
+  tx = optax.sgd(0.05, momentum=0.9)
+  step = make_train_step(graphdef, tx, method, teacher_graphdef=teacher.graphdef)
+  result = fit(init_train_state(params, rest, tx, jax.random.key(0)), step, make_eval_step(graphdef), data,
+               epochs=2, batch_size=100, teacher_vars=teacher.variables, progress=False)
+  assert step._cache_size() == 1
+  record = result.history[-1]
+  # 20 steps on 1,000 images from a weak teacher: above chance (0.1) is what a smoke run can ask;
+  # DKD's beta=8 term (T=4) gives gradient norms around 13 that slow it down here.
+  assert result.test["accuracy"] > 0.2
+  assert np.isfinite(record["train_loss"]) and "train_ce" in record
+  method_terms = [k for k in record if k.startswith("train_") and k not in (
+      "train_loss", "train_accuracy", "train_grad_norm", "train_ce", "train_teacher_agreement")]
+  assert len(method_terms) == 1 and np.isfinite(record[method_terms[0]])
+
+
+def test_hinton_method_is_the_hinton_loss():
+  s, t, y = _logits()
+  loss_B, terms = make_method("hinton", alpha=0.3, temperature=5.0)(s, {}, (t, {}), {"label": y, "step": 0})
+  np.testing.assert_allclose(loss_B, hinton_kd_loss(s, t, y, alpha=0.3, temperature=5.0), rtol=1e-6)
+  np.testing.assert_allclose(terms["ce"], hard_cross_entropy(s, y), rtol=1e-6)
+
+
+def test_dkd_warmup_ramps_the_distillation_term_linearly():
+  s, t, y = _logits(1)
+  method = make_method("dkd", warmup_steps=10)
+  ce = hard_cross_entropy(s, y)
+  at0, terms = method(s, {}, (t, {}), {"label": y, "step": jnp.asarray(0)})
+  at5, _ = method(s, {}, (t, {}), {"label": y, "step": jnp.asarray(5)})
+  at50, _ = method(s, {}, (t, {}), {"label": y, "step": jnp.asarray(50)})
+  np.testing.assert_allclose(at0, ce, rtol=1e-6)
+  np.testing.assert_allclose(at5, ce + 0.5 * terms["dkd"], rtol=1e-5)
+  np.testing.assert_allclose(at50, ce + terms["dkd"], rtol=1e-5)
+
+
+def test_standardize_makes_kd_invariant_to_teacher_logit_scale():
+  s, t, y = _logits(2)
+  method = make_method("hinton", alpha=0.0, temperature=2.0, standardize=True)
+  a, _ = method(s, {}, (t, {}), {"label": y, "step": 0})
+  b, _ = method(s, {}, (3.0 * t + 1.0, {}), {"label": y, "step": 0})
+  np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+  plain = make_method("hinton", alpha=0.0, temperature=2.0)
+  assert not np.allclose(plain(s, {}, (t, {}), {"label": y})[0], plain(s, {}, (3.0 * t, {}), {"label": y})[0])
+
+
+def test_unknown_method_and_ambiguous_distill_calls_are_named(data, teacher):
+  with pytest.raises(ValueError, match="unknown method 'fitnet'.*dkd"):
+    make_method("fitnet")
+  with pytest.raises(ValueError, match="either a method or alpha and temperature"):
+    distill(data, TINY, teacher, method=make_method("dkd"), alpha=0.5, progress=False)
+  with pytest.raises(ValueError, match="needs alpha and temperature"):
+    distill(data, TINY, teacher, progress=False)
