@@ -35,8 +35,16 @@ def _logits(seed=0, b=8, c=10):
           rng.integers(0, c, b))
 
 
-@pytest.mark.parametrize("name", [n for n in method_names() if n != "supervised"])
-@pytest.mark.parametrize("standardize", [False, True])
+LOGIT_METHODS = ["hinton", "reverse_kd", "js_kd", "dkd", "dist"]
+FEATURE_METHODS = ["at", "nst", "sp", "rkd", "pkt", "cc"]
+
+
+def test_every_method_is_covered_here():
+  assert set(method_names()) == {"supervised", *LOGIT_METHODS, *FEATURE_METHODS}
+
+
+# Standardization is one shared code path: two methods check it with the rest.
+@pytest.mark.parametrize("name,standardize", [(n, False) for n in LOGIT_METHODS] + [("hinton", True), ("dist", True)])
 def test_every_logit_method_trains_a_student_with_one_compiled_step(name, standardize, data, teacher):
   method = make_method(name, standardize=standardize, **DEFAULTS.get(name, {}))
   graphdef, params, rest = split_model(create_model("mlp800", num_classes=10, input_shape=(28, 28, 1)))
@@ -91,3 +99,51 @@ def test_unknown_method_and_ambiguous_distill_calls_are_named(data, teacher):
     distill(data, TINY, teacher, method=make_method("dkd"), alpha=0.5, progress=False)
   with pytest.raises(ValueError, match="needs alpha and temperature"):
     distill(data, TINY, teacher, progress=False)
+
+
+def _cnn_data(n=64):
+  rng = np.random.default_rng(0)
+  from kdjax.data import ArrayDataset
+  images = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
+  labels = (np.arange(n) % 10).astype(np.int32)
+  return ArrayDataset("synthetic32", images, labels, images[:32], labels[:32], 10)
+
+
+def _smoke(method, student, teacher_name, data, steps_data=None):
+  t_graphdef, t_params, t_rest = split_model(create_model(teacher_name, num_classes=10, input_shape=data.image_shape))
+  graphdef, params, rest = split_model(create_model(student, num_classes=10, input_shape=data.image_shape))
+  tx = optax.sgd(0.01, momentum=0.9)
+  step = make_train_step(graphdef, tx, method, teacher_graphdef=t_graphdef)
+  result = fit(init_train_state(params, rest, tx, jax.random.key(0)), step, make_eval_step(graphdef), data,
+               epochs=1, batch_size=16, teacher_vars={"params": t_params, "rest": t_rest}, progress=False)
+  return step, result.history[-1]
+
+
+@pytest.mark.parametrize("name", ["at", "nst", "sp", "rkd", "pkt"])
+def test_feature_methods_run_on_the_cnn_pair_with_one_compiled_step(name):
+  step, record = _smoke(make_method(name), "cnn16", "cnn64", _cnn_data())
+  assert step._cache_size() == 1
+  assert np.isfinite(record["train_loss"]) and np.isfinite(record[f"train_{name}"])
+  assert record[f"train_{name}"] > 0  # a random teacher and student do not agree
+
+
+def test_cc_runs_when_embedding_sizes_match():
+  step, record = _smoke(make_method("cc"), "cnn16", "cnn64", _cnn_data())  # both pre_logits are 256-d
+  assert np.isfinite(record["train_cc"])
+
+
+@pytest.mark.parametrize("name,student,teacher,message", [
+    ("at", "mlp800", "mlp1200", "attention transfer needs NHWC feature maps"),
+    ("nst", "mlp800", "mlp1200", "NST needs NHWC feature maps"),
+    ("cc", "mlp800", "mlp1200", "correlation congruence needs equal embedding sizes: student 800, teacher 1200"),
+])
+def test_feature_methods_name_what_does_not_fit(name, student, teacher, message, small_mnist):
+  data = dataclasses.replace(small_mnist, train_images=small_mnist.train_images[:64],
+                             train_labels=small_mnist.train_labels[:64])
+  with pytest.raises(ValueError, match=message):
+    _smoke(make_method(name), student, teacher, data)
+
+
+def test_unknown_feature_lists_the_available_ones():
+  with pytest.raises(ValueError, match="unknown feature 'block9' for the student; available: block1, block2, pre_logits"):
+    _smoke(make_method("at", layers=("block9",)), "cnn16", "cnn64", _cnn_data())

@@ -1,5 +1,15 @@
-"""Pure distillation losses: per-example values, float32 math, no reduction."""
+"""Pure distillation losses: float32 math, no reduction (per-example values, or a batch
+scalar where the loss couples the examples of a batch)."""
 
+from kdjax.losses.feature import (
+    attention_map,
+    attention_transfer_loss,
+    correlation_congruence_loss,
+    nst_loss,
+    pkt_loss,
+    rkd_loss,
+    similarity_preserving_loss,
+)
 from kdjax.losses.logit import (
     dist_loss,
     dkd_loss,
@@ -14,6 +24,13 @@ from kdjax.losses.logit import (
 from kdjax.losses.validate import check_alpha, check_temperature
 
 __all__ = [
+    "attention_map",
+    "attention_transfer_loss",
+    "correlation_congruence_loss",
+    "nst_loss",
+    "pkt_loss",
+    "rkd_loss",
+    "similarity_preserving_loss",
     "check_alpha",
     "check_temperature",
     "dist_loss",

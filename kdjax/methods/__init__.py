@@ -19,9 +19,10 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from kdjax.losses import (check_alpha, check_temperature, dist_loss, dkd_loss, hard_cross_entropy,
-                          js_divergence, kl_divergence, reverse_kl_divergence,
-                          standardize_logits)
+from kdjax.losses import (attention_transfer_loss, check_alpha, check_temperature,
+                          correlation_congruence_loss, dist_loss, dkd_loss, hard_cross_entropy,
+                          js_divergence, kl_divergence, nst_loss, pkt_loss, reverse_kl_divergence,
+                          rkd_loss, similarity_preserving_loss, standardize_logits)
 
 Method = Callable[..., tuple[jax.Array, dict[str, jax.Array]]]
 
@@ -122,8 +123,72 @@ def dist_kd(*, beta: float = 1.0, gamma: float = 1.0, temperature: float = 1.0, 
   return _method(method, needs_teacher=True)
 
 
+def pick_feature(feats: dict[str, jax.Array], name: str, who: str) -> jax.Array:
+  """``feats[name]``, or an error that lists the features ``who`` exposes."""
+  if name not in feats:
+    raise ValueError(f"unknown feature {name!r} for the {who}; available: {', '.join(sorted(feats))}")
+  return feats[name]
+
+
+def _feature_method(term: str, loss_fn, *, layers, weight: float, ce_weight: float) -> Method:
+  """``ce_weight·CE + weight·Σ_layers loss_fn(student_feat, teacher_feat)``."""
+  layers = (layers,) if isinstance(layers, str) else tuple(layers)
+  if not layers:
+    raise ValueError(f"{term}: give at least one feature layer")
+
+  def method(student_logits, student_feats, teacher, batch):
+    teacher_feats = teacher[1]
+    ce = hard_cross_entropy(student_logits, batch["label"])
+    total = 0.0
+    for layer in layers:
+      total = total + loss_fn(pick_feature(student_feats, layer, "student"),
+                              pick_feature(teacher_feats, layer, "teacher"))
+    return ce_weight * ce + weight * total, {"ce": ce, term: total}
+
+  return _method(method, needs_teacher=True)
+
+
+# Feature and relation methods without learnable parts. Default weights are
+# RepDistiller's (scripts/run_cifar_distill.sh): AT β=1000, SP γ=3000, NST 50,
+# RKD 1 (its own w_d=25, w_a=50 inside), PKT 30000, CC 0.02.
+def attention(*, layers=("block1", "block2"), weight: float = 1000.0, p: int = 2, ce_weight: float = 1.0) -> Method:
+  """Attention transfer (Zagoruyko & Komodakis 2017) on NHWC feature maps."""
+  return _feature_method("at", lambda s, t: attention_transfer_loss(s, t, p), layers=layers, weight=weight,
+                         ce_weight=ce_weight)
+
+
+def nst(*, layers=("block1", "block2"), weight: float = 50.0, ce_weight: float = 1.0) -> Method:
+  """Neuron selectivity transfer (Huang & Wang 2017) on NHWC feature maps."""
+  return _feature_method("nst", nst_loss, layers=layers, weight=weight, ce_weight=ce_weight)
+
+
+def similarity_preserving(*, layers=("block2",), weight: float = 3000.0, ce_weight: float = 1.0) -> Method:
+  """Similarity-preserving KD (Tung & Mori 2019); RepDistiller uses the last block's output."""
+  return _feature_method("sp", similarity_preserving_loss, layers=layers, weight=weight, ce_weight=ce_weight)
+
+
+def rkd(*, layers=("pre_logits",), weight: float = 1.0, distance_weight: float = 25.0,
+        angle_weight: float = 50.0, ce_weight: float = 1.0) -> Method:
+  """Relational KD (Park et al. 2019), distance and angle, on the penultimate embedding."""
+  return _feature_method(
+      "rkd", lambda s, t: rkd_loss(s, t, distance_weight=distance_weight, angle_weight=angle_weight),
+      layers=layers, weight=weight, ce_weight=ce_weight)
+
+
+def pkt(*, layers=("pre_logits",), weight: float = 30000.0, ce_weight: float = 1.0) -> Method:
+  """Probabilistic knowledge transfer (Passalis & Tefas 2018) on the penultimate embedding."""
+  return _feature_method("pkt", pkt_loss, layers=layers, weight=weight, ce_weight=ce_weight)
+
+
+def correlation_congruence(*, layers=("pre_logits",), weight: float = 0.02, ce_weight: float = 1.0) -> Method:
+  """Correlation congruence (Peng et al. 2019, RepDistiller's form). Needs equal embedding
+  sizes: RepDistiller puts learnable embeddings in front, which kdjax does not have yet."""
+  return _feature_method("cc", correlation_congruence_loss, layers=layers, weight=weight, ce_weight=ce_weight)
+
+
 _METHODS = {"supervised": supervised, "hinton": hinton_kd, "reverse_kd": reverse_kd, "js_kd": js_kd,
-            "dkd": dkd, "dist": dist_kd}
+            "dkd": dkd, "dist": dist_kd, "at": attention, "nst": nst, "sp": similarity_preserving,
+            "rkd": rkd, "pkt": pkt, "cc": correlation_congruence}
 
 
 def method_names() -> list[str]:
@@ -137,5 +202,5 @@ def make_method(name: str, **hparams) -> Method:
   return _METHODS[name](**hparams)
 
 
-__all__ = ["Method", "dist_kd", "dkd", "hinton_kd", "js_kd", "make_method", "method_names", "reverse_kd",
-           "supervised"]
+__all__ = ["Method", "attention", "correlation_congruence", "dist_kd", "dkd", "hinton_kd", "js_kd", "make_method",
+           "method_names", "nst", "pick_feature", "pkt", "reverse_kd", "rkd", "similarity_preserving", "supervised"]

@@ -1,0 +1,175 @@
+"""Feature- and relation-level distillation losses.
+
+Spatial features are NHWC (``[B, H, W, C]``), embeddings ``[B, D]`` (anything
+else is flattened per example). All math runs in float32 and the teacher's
+argument is under ``stop_gradient``. Each function follows the reference
+implementation collected in RepDistiller (Tian et al. 2020), which the
+docstrings cite; where a loss couples the examples of a batch (SP, RKD, PKT,
+CC) it returns a batch scalar, otherwise per-example values.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+
+
+def _f32(x: Array) -> Array:
+  return jnp.asarray(x).astype(jnp.float32)
+
+
+def _teacher(x: Array) -> Array:
+  return jax.lax.stop_gradient(_f32(x))
+
+
+def _l2_normalize(x: Array, axis: int = -1, eps: float = 1e-12) -> Array:
+  """``x / max(‖x‖, eps)``, as torch's ``F.normalize``, with a finite gradient at ``x = 0``."""
+  return x / jnp.sqrt(jnp.maximum(jnp.sum(x * x, axis=axis, keepdims=True), eps * eps))
+
+
+def _flat(x: Array) -> Array:
+  return x.reshape(x.shape[0], -1)
+
+
+def _check_spatial(name: str, s: Array, t: Array) -> None:
+  if s.ndim != 4 or t.ndim != 4:
+    raise ValueError(f"{name} needs NHWC feature maps, got shapes {s.shape} and {t.shape}")
+  if s.shape[1:3] != t.shape[1:3]:
+    raise ValueError(f"{name} needs equal spatial sizes: student {s.shape[1]}x{s.shape[2]}, "
+                     f"teacher {t.shape[1]}x{t.shape[2]} (pool one of them, or pick other layers)")
+
+
+def attention_map(feat: Array, p: int = 2) -> Array:
+  r"""Spatial attention map of Zagoruyko & Komodakis (ICLR 2017), ``[B, H·W]``:
+  the channel mean of ``f^p``, flattened and L2-normalized per example."""
+  return _l2_normalize(_flat(jnp.mean(_f32(feat) ** p, axis=-1)))
+
+
+def attention_transfer_loss(student_feat: Array, teacher_feat: Array, p: int = 2) -> Array:
+  r"""Attention transfer (AT, Zagoruyko & Komodakis 2017), per example.
+
+  .. math::
+      L_i = \frac{1}{HW}\big\|a(F^s_i) - a(F^t_i)\big\|_2^2,\quad
+      a(F) = \frac{\mathrm{vec}(\tfrac1C\sum_c F_c^{p})}{\|\mathrm{vec}(\tfrac1C\sum_c F_c^{p})\|_2}
+
+  Channel counts may differ; spatial sizes must match. RepDistiller weights it
+  by β=1000.
+  """
+  _check_spatial("attention transfer", student_feat, teacher_feat)
+  diff = attention_map(student_feat, p) - attention_map(_teacher(teacher_feat), p)
+  return jnp.mean(diff**2, axis=-1)
+
+
+def similarity_preserving_loss(student_feat: Array, teacher_feat: Array) -> Array:
+  r"""Similarity-preserving KD (SP, Tung & Mori, ICCV 2019), batch scalar.
+
+  .. math::
+      G = \mathrm{rownorm}(F F^\top),\quad L = \frac{1}{B^2}\|G^t - G^s\|_F^2
+
+  with ``F`` the ``[B, ·]`` flattened features. RepDistiller weights it by γ=3000.
+  """
+  s, t = _flat(_f32(student_feat)), _flat(_teacher(teacher_feat))
+  g_s, g_t = _l2_normalize(s @ s.T), _l2_normalize(t @ t.T)
+  b = s.shape[0]
+  return jnp.sum((g_t - g_s) ** 2) / (b * b)
+
+
+def _pdist(e: Array, eps: float = 1e-12) -> Array:
+  sq = jnp.sum(e * e, axis=1)
+  d2 = jnp.maximum(sq[:, None] + sq[None, :] - 2.0 * e @ e.T, eps)
+  return jnp.where(jnp.eye(e.shape[0], dtype=bool), 0.0, jnp.sqrt(d2))
+
+
+def _mean_positive(x: Array) -> Array:
+  pos = x > 0
+  return jnp.sum(jnp.where(pos, x, 0.0)) / jnp.maximum(jnp.sum(pos), 1)
+
+
+def _smooth_l1(a: Array, b: Array) -> Array:
+  d = jnp.abs(a - b)
+  return jnp.mean(jnp.where(d < 1.0, 0.5 * d * d, d - 0.5))
+
+
+def _angles(e: Array) -> Array:
+  diff = _l2_normalize(e[None, :, :] - e[:, None, :], axis=2)  # [i, j] = unit(e_j - e_i)
+  return jnp.einsum("ijd,ikd->ijk", diff, diff).reshape(-1)
+
+
+def rkd_loss(student_emb: Array, teacher_emb: Array, *, distance_weight: float = 25.0,
+             angle_weight: float = 50.0) -> Array:
+  r"""Relational KD (RKD, Park et al., CVPR 2019): distance and angle terms, batch scalar.
+
+  .. math::
+      L = w_d\,\ell_\delta\big(\tfrac{d^s}{\mu^s}, \tfrac{d^t}{\mu^t}\big)
+        + w_a\,\ell_\delta\big(\cos\angle^s_{ijk}, \cos\angle^t_{ijk}\big)
+
+  ``d`` the pairwise Euclidean distances (``μ`` their mean over distinct
+  pairs), ``∠_{ijk}`` the angle at ``e_i`` between ``e_j`` and ``e_k``,
+  ``ℓ_δ`` the smooth-L1 (Huber, δ=1) mean. Invariant to translating or
+  rescaling either embedding. Defaults: the paper's ``w_d=25, w_a=50``.
+  """
+  s, t = _flat(_f32(student_emb)), _flat(_teacher(teacher_emb))
+  d_s, d_t = _pdist(s), _pdist(t)
+  loss_d = _smooth_l1(d_s / _mean_positive(d_s), d_t / _mean_positive(d_t))
+  loss_a = _smooth_l1(_angles(s), _angles(t))
+  return distance_weight * loss_d + angle_weight * loss_a
+
+
+def pkt_loss(student_emb: Array, teacher_emb: Array, eps: float = 1e-7) -> Array:
+  r"""Probabilistic knowledge transfer (PKT, Passalis & Tefas, ECCV 2018), batch scalar.
+
+  Cosine similarities mapped to ``[0, 1]`` and normalized per row into
+  conditional probabilities ``P(j | i)``; the loss is the mean over ``(i, j)``
+  of ``p^t log((p^t + ε) / (p^s + ε))`` (a KL divergence, divided by ``B²``).
+  """
+  def conditional(x):
+    x = x / (jnp.linalg.norm(x, axis=1, keepdims=True) + eps)
+    x = jnp.nan_to_num(x)
+    sim = (x @ x.T + 1.0) / 2.0
+    return sim / jnp.sum(sim, axis=1, keepdims=True)
+
+  p_s, p_t = conditional(_flat(_f32(student_emb))), conditional(_flat(_teacher(teacher_emb)))
+  return jnp.mean(p_t * jnp.log((p_t + eps) / (p_s + eps)))
+
+
+def correlation_congruence_loss(student_emb: Array, teacher_emb: Array) -> Array:
+  r"""Correlation congruence (CC, Peng et al., ICCV 2019), as in RepDistiller, batch scalar.
+
+  RepDistiller's version (from the authors): with ``δ_i = |f^s_i − f^t_i|``,
+  ``L = \frac{1}{B-1}\sum_{i<B} δ_i · δ_{i+1}``, a cheap proxy for matching
+  the correlation between consecutive samples. Needs equal embedding sizes
+  (put a connector in front of the student otherwise).
+  """
+  s, t = _flat(_f32(student_emb)), _flat(_teacher(teacher_emb))
+  if s.shape != t.shape:
+    raise ValueError(f"correlation congruence needs equal embedding sizes: student {s.shape[1]}, "
+                     f"teacher {t.shape[1]}")
+  delta = jnp.abs(s - t)
+  return jnp.mean(jnp.sum(delta[:-1] * delta[1:], axis=1))
+
+
+def nst_loss(student_feat: Array, teacher_feat: Array) -> Array:
+  r"""Neuron selectivity transfer (NST, Huang & Wang 2017), per example.
+
+  The squared MMD with the polynomial kernel ``k(a, b) = (a·b)²`` between the
+  sets of channels, each channel's spatial map L2-normalized:
+
+  .. math::
+      L_i = \overline{k(t, t)} + \overline{k(s, s)} - 2\,\overline{k(s, t)}
+
+  (means over all channel pairs). Spatial sizes must match; channel counts may differ.
+  """
+  _check_spatial("NST", student_feat, teacher_feat)
+
+  def channels(f):  # [B, H, W, C] -> [B, C, H*W], each channel unit-norm
+    b, h, w, c = f.shape
+    return _l2_normalize(jnp.transpose(f.reshape(b, h * w, c), (0, 2, 1)), axis=2)
+
+  s, t = channels(_f32(student_feat)), channels(_teacher(teacher_feat))
+
+  def kernel_mean(a, b):
+    return jnp.mean(jnp.einsum("bcx,bdx->bcd", a, b) ** 2, axis=(1, 2))
+
+  return kernel_mean(t, t) + kernel_mean(s, s) - 2.0 * kernel_mean(s, t)
