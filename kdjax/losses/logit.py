@@ -184,13 +184,6 @@ def js_divergence(
   return jnp.maximum(0.5 * (kl_t + kl_s), 0.0)
 
 
-def _binary_kl(p_t: Array, p_s: Array) -> Array:
-  """KL([p_t, 1-p_t] || [p_s, 1-p_s]) for probabilities in (0, 1)."""
-  eps = 1e-12
-  return (p_t * (jnp.log(p_t + eps) - jnp.log(p_s + eps))
-          + (1 - p_t) * (jnp.log1p(-p_t + eps) - jnp.log1p(-p_s + eps)))
-
-
 def dkd_loss(
     student_logits: Array,
     teacher_logits: Array,
@@ -227,23 +220,36 @@ def dkd_loss(
   if num_classes < 3:
     raise ValueError(f"DKD needs at least 3 classes (a target and two non-targets), got {num_classes}")
   is_target = jax.nn.one_hot(labels, num_classes, dtype=bool)
-  p_s_y = jnp.sum(jnp.where(is_target, jax.nn.softmax(s, -1), 0.0), -1)
-  p_t_y = jnp.sum(jnp.where(is_target, jax.nn.softmax(t, -1), 0.0), -1)
-  tckd = _binary_kl(p_t_y, p_s_y)
-  # Softmax over the non-target classes: the target is masked out exactly.
   neg = jnp.finfo(jnp.float32).min
-  log_q_s = jax.nn.log_softmax(jnp.where(is_target, neg, s), -1)
-  log_q_t = jax.nn.log_softmax(jnp.where(is_target, neg, t), -1)
-  q_t = jnp.where(is_target, 0.0, jnp.exp(log_q_t))
-  nckd = jnp.sum(jnp.where(is_target, 0.0, q_t * (log_q_t - log_q_s)), -1)
+
+  def parts(z):
+    # log p_y and log(1 - p_y), both in log space so confident predictions stay finite
+    log_p = jax.nn.log_softmax(z, -1)
+    log_target = jnp.sum(jnp.where(is_target, log_p, 0.0), -1)
+    log_rest = jax.nn.logsumexp(jnp.where(is_target, neg, log_p), axis=-1)
+    # softmax over the non-target classes: the target is masked out exactly
+    log_q = jax.nn.log_softmax(jnp.where(is_target, neg, z), -1)
+    return log_target, log_rest, log_q
+
+  s_y, s_rest, log_q_s = parts(s)
+  t_y, t_rest, log_q_t = parts(t)
+  tckd = jnp.exp(t_y) * (t_y - s_y) + jnp.exp(t_rest) * (t_rest - s_rest)
+  nckd = jnp.sum(jnp.where(is_target, 0.0, jnp.exp(log_q_t) * (log_q_t - log_q_s)), -1)
   t2 = jnp.asarray(temperature, jnp.float32) ** 2
   return t2 * (alpha * tckd + beta * nckd)
 
 
+def _norm(x: Array) -> Array:
+  """L2 norm over the last axis whose gradient at 0 is 0 (as torch's), not NaN."""
+  sq = jnp.sum(x * x, -1)
+  return jnp.where(sq > 0, jnp.sqrt(jnp.where(sq > 0, sq, 1.0)), 0.0)
+
+
 def _pearson_rows(a: Array, b: Array, eps: float = 1e-8) -> Array:
+  """Pearson correlation of matching rows, as the DIST reference: centred cosine, ``+eps``."""
   a = a - a.mean(-1, keepdims=True)
   b = b - b.mean(-1, keepdims=True)
-  return jnp.sum(a * b, -1) / (jnp.linalg.norm(a, axis=-1) * jnp.linalg.norm(b, axis=-1) + eps)
+  return jnp.sum(a * b, -1) / (_norm(a) * _norm(b) + eps)
 
 
 def dist_loss(
