@@ -13,6 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from numeric import numerical_grad
+
 from kdjax.losses import (
     attention_map,
     attention_transfer_loss,
@@ -134,17 +136,6 @@ def np_nst(s, t):
     return (np.einsum("bcn,bdn->bcd", a, b) ** 2).mean((1, 2))
 
   return k(ft, ft) + k(fs, fs) - 2 * k(fs, ft)
-
-
-def numerical_grad(f, x, h=1e-5):
-  x = np.float64(x)
-  g = np.zeros_like(x)
-  for idx in np.ndindex(x.shape):
-    xp, xm = x.copy(), x.copy()
-    xp[idx] += h
-    xm[idx] -= h
-    g[idx] = (f(xp) - f(xm)) / (2 * h)
-  return g
 
 
 def rand(rng, shape, scale=1.0, shift=0.0):

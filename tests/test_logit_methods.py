@@ -24,6 +24,8 @@ from hypothesis.extra import numpy as hnp
 
 from kdjax.losses import dist_loss, dkd_loss, js_divergence, kl_divergence, reverse_kl_divergence, standardize_logits
 
+from numeric import numerical_grad
+
 # Most checks call jitted wrappers: an eager call compiles every primitive anew for each
 # shape, which made this file several times slower. Hyperparameters are traced, so a new
 # value costs no compilation. test_eager_calls_agree_with_jit covers the eager path, and the
@@ -156,18 +158,6 @@ def np_standardize(z, eps=1e-7):
   return (z - z.mean(-1, keepdims=True)) / (z.std(-1, ddof=1, keepdims=True) + eps)
 
 
-def np_num_grad(f, x, h=1e-5):
-  """Central finite differences of a scalar float64 function."""
-  x = np.float64(x)
-  g = np.zeros_like(x)
-  for idx in np.ndindex(x.shape):
-    xp, xm = x.copy(), x.copy()
-    xp[idx] += h
-    xm[idx] -= h
-    g[idx] = (f(xp) - f(xm)) / (2 * h)
-  return g
-
-
 # ---------------------------------------------------------------- 1. values against float64
 
 
@@ -247,7 +237,7 @@ def test_dkd_is_accurate_for_confident_predictions(who):
   np.testing.assert_allclose(got, np_dkd(s, t, y, 1.0, 8.0, 1.0), rtol=1e-3)
   grad = np.asarray(grad_dkd(s, t, y, alpha=1.0, beta=8.0, temperature=1.0))
   assert np.isfinite(grad).all(), grad
-  np.testing.assert_allclose(grad, np_num_grad(lambda x: np_dkd(x, t, y, 1.0, 8.0, 1.0).mean(), s),
+  np.testing.assert_allclose(grad, numerical_grad(lambda x: np_dkd(x, t, y, 1.0, 8.0, 1.0).mean(), s),
                              rtol=1e-3, atol=1e-5)
 
 
@@ -289,7 +279,7 @@ def test_dist_with_a_batch_of_one():
     got = dist(s, t, beta=1.0, gamma=2.0, temperature=T)
     np.testing.assert_allclose(got, np_dist(s, t, 1.0, 2.0, T), rtol=1e-4)
     grad = np.asarray(grad_dist(s, t, beta=1.0, gamma=2.0, temperature=T))
-    np.testing.assert_allclose(grad, np_num_grad(lambda x: np_dist(x, t, 1.0, 2.0, T), s), rtol=1e-3, atol=1e-5)
+    np.testing.assert_allclose(grad, numerical_grad(lambda x: np_dist(x, t, 1.0, 2.0, T), s), rtol=1e-3, atol=1e-5)
 
 
 @pytest.mark.parametrize("shape", [(1, 2), (5, 10), (16, 100)])
@@ -315,7 +305,7 @@ def test_standardize_uses_ddof_1_like_torch_std():
 def test_gradients_of_reverse_kl_and_js_match_float64(T):
   s, t = random_pair(20, (5, 10))
   for name, grad_f, ref in (("reverse_kl", grad_rkl, np_reverse_kl), ("js", grad_js, np_js)):
-    expected = np_num_grad(lambda x: ref(x, t, T).mean(), s)
+    expected = numerical_grad(lambda x: ref(x, t, T).mean(), s)
     np.testing.assert_allclose(grad_f(s, t, T), expected, rtol=1e-3, atol=1e-5, err_msg=name)
 
 
@@ -334,7 +324,7 @@ def test_dkd_gradient_matches_float64(T):
   s, t = random_pair(22, (5, 10))
   y = np.array([0, 3, 9, 3, 5])
   for alpha, beta in [(1.0, 8.0), (2.0, 0.5)]:
-    expected = np_num_grad(lambda x: np_dkd(x, t, y, alpha, beta, T).mean(), s)
+    expected = numerical_grad(lambda x: np_dkd(x, t, y, alpha, beta, T).mean(), s)
     np.testing.assert_allclose(grad_dkd(s, t, y, alpha=alpha, beta=beta, temperature=T), expected,
                                rtol=1e-3, atol=1e-5, err_msg=f"alpha={alpha} beta={beta}")
 
@@ -342,7 +332,7 @@ def test_dkd_gradient_matches_float64(T):
 @pytest.mark.parametrize("T", [1.0, 4.0])
 def test_dist_gradient_matches_float64(T):
   s, t = random_pair(23, (5, 10))
-  expected = np_num_grad(lambda x: np_dist(x, t, 1.0, 2.0, T), s)
+  expected = numerical_grad(lambda x: np_dist(x, t, 1.0, 2.0, T), s)
   np.testing.assert_allclose(grad_dist(s, t, beta=1.0, gamma=2.0, temperature=T), expected, rtol=1e-3, atol=1e-5)
 
 
@@ -351,7 +341,7 @@ def test_standardize_gradient_matches_float64():
   z = (rng.normal(size=(5, 10)) * 2).astype(np.float32)
   w = rng.normal(size=(5, 10))
   grad = jax.jit(jax.grad(lambda x: jnp.sum(standardize_logits(x) * w.astype(np.float32))))(z)
-  expected = np_num_grad(lambda x: (np_standardize(x) * w).sum(), z)
+  expected = numerical_grad(lambda x: (np_standardize(x) * w).sum(), z)
   np.testing.assert_allclose(grad, expected, rtol=1e-3, atol=1e-5)
 
 

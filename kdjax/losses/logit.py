@@ -20,6 +20,20 @@ def _f32(x: Array) -> Array:
   return jnp.asarray(x).astype(jnp.float32)
 
 
+def _log_probs(student_logits: Array, teacher_logits: Array, temperature) -> tuple[Array, Array]:
+  """``log softmax(s/T)`` and ``log softmax(t/T)`` in float32, the teacher's under stop_gradient."""
+  check_temperature(temperature)
+  log_p_s = jax.nn.log_softmax(_f32(student_logits) / temperature, axis=-1)
+  log_p_t = jax.nn.log_softmax(jax.lax.stop_gradient(_f32(teacher_logits)) / temperature, axis=-1)
+  return log_p_s, log_p_t
+
+
+def _kl_from_logs(log_p: Array, log_q: Array) -> Array:
+  """``KL(p ‖ q)`` over the last axis from log-probabilities; classes with ``p = 0`` add exactly 0."""
+  p = jnp.exp(log_p)
+  return jnp.sum(jnp.where(p > 0, p * (log_p - log_q), 0.0), axis=-1)
+
+
 def soft_target_cross_entropy(
     student_logits: Array,
     teacher_logits: Array,
@@ -41,11 +55,8 @@ def soft_target_cross_entropy(
   Returns:
     ``[...]`` per-example cross-entropy, float32.
   """
-  check_temperature(temperature)
-  s = _f32(student_logits) / temperature
-  t = jax.lax.stop_gradient(_f32(teacher_logits)) / temperature
-  p_teacher = jax.nn.softmax(t, axis=-1)
-  return -jnp.sum(p_teacher * jax.nn.log_softmax(s, axis=-1), axis=-1)
+  log_p_s, log_p_t = _log_probs(student_logits, teacher_logits, temperature)
+  return -jnp.sum(jnp.exp(log_p_t) * log_p_s, axis=-1)
 
 
 def kl_divergence(
@@ -72,14 +83,9 @@ def kl_divergence(
   Returns:
     ``[...]`` per-example KL divergence, float32.
   """
-  check_temperature(temperature)
-  log_p_s = jax.nn.log_softmax(_f32(student_logits) / temperature, axis=-1)
-  log_p_t = jax.nn.log_softmax(
-      jax.lax.stop_gradient(_f32(teacher_logits)) / temperature, axis=-1)
-  p_t = jnp.exp(log_p_t)
-  kl = jnp.sum(jnp.where(p_t > 0, p_t * (log_p_t - log_p_s), 0.0), axis=-1)
+  log_p_s, log_p_t = _log_probs(student_logits, teacher_logits, temperature)
   # Rounding can give tiny negatives (~-1e-7) when p_s == p_t.
-  return jnp.maximum(kl, 0.0)
+  return jnp.maximum(_kl_from_logs(log_p_t, log_p_s), 0.0)
 
 
 def hard_cross_entropy(logits: Array, labels: Array) -> Array:
@@ -148,12 +154,8 @@ def reverse_kl_divergence(
   Returns:
     ``[...]`` per-example reverse KL, float32.
   """
-  check_temperature(temperature)
-  log_p_s = jax.nn.log_softmax(_f32(student_logits) / temperature, axis=-1)
-  log_p_t = jax.nn.log_softmax(
-      jax.lax.stop_gradient(_f32(teacher_logits)) / temperature, axis=-1)
-  p_s = jnp.exp(log_p_s)
-  return jnp.maximum(jnp.sum(jnp.where(p_s > 0, p_s * (log_p_s - log_p_t), 0.0), axis=-1), 0.0)
+  log_p_s, log_p_t = _log_probs(student_logits, teacher_logits, temperature)
+  return jnp.maximum(_kl_from_logs(log_p_s, log_p_t), 0.0)
 
 
 def js_divergence(
@@ -172,16 +174,10 @@ def js_divergence(
   Returns:
     ``[...]`` per-example JS divergence, float32.
   """
-  check_temperature(temperature)
-  log_p_s = jax.nn.log_softmax(_f32(student_logits) / temperature, axis=-1)
-  log_p_t = jax.nn.log_softmax(
-      jax.lax.stop_gradient(_f32(teacher_logits)) / temperature, axis=-1)
+  log_p_s, log_p_t = _log_probs(student_logits, teacher_logits, temperature)
   # log m = log((p_s + p_t) / 2), computed stably in log space.
   log_m = jnp.logaddexp(log_p_s, log_p_t) - jnp.log(2.0)
-  p_s, p_t = jnp.exp(log_p_s), jnp.exp(log_p_t)
-  kl_t = jnp.sum(jnp.where(p_t > 0, p_t * (log_p_t - log_m), 0.0), axis=-1)
-  kl_s = jnp.sum(jnp.where(p_s > 0, p_s * (log_p_s - log_m), 0.0), axis=-1)
-  return jnp.maximum(0.5 * (kl_t + kl_s), 0.0)
+  return jnp.maximum(0.5 * (_kl_from_logs(log_p_t, log_m) + _kl_from_logs(log_p_s, log_m)), 0.0)
 
 
 def dkd_loss(
@@ -232,7 +228,7 @@ def dkd_loss(
   s_y, s_rest, log_q_s = parts(s)
   t_y, t_rest, log_q_t = parts(t)
   tckd = jnp.exp(t_y) * (t_y - s_y) + jnp.exp(t_rest) * (t_rest - s_rest)
-  nckd = jnp.sum(jnp.where(is_target, 0.0, jnp.exp(log_q_t) * (log_q_t - log_q_s)), -1)
+  nckd = _kl_from_logs(log_q_t, log_q_s)  # the masked target has q_t = 0 exactly
   t2 = jnp.asarray(temperature, jnp.float32) ** 2
   return t2 * (alpha * tckd + beta * nckd)
 
