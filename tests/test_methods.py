@@ -36,7 +36,7 @@ def _logits(seed=0, b=8, c=10):
 
 
 LOGIT_METHODS = ["hinton", "reverse_kd", "js_kd", "dkd", "dist"]
-FEATURE_METHODS = ["at", "nst", "sp", "rkd", "pkt", "cc"]
+FEATURE_METHODS = ["at", "nst", "sp", "rkd", "pkt", "cc", "fitnet"]
 
 
 def test_every_method_is_covered_here():
@@ -65,7 +65,7 @@ def test_every_logit_method_trains_a_student_with_one_compiled_step(name, standa
 
 def test_hinton_method_is_the_hinton_loss():
   s, t, y = _logits()
-  loss_B, terms = make_method("hinton", alpha=0.3, temperature=5.0)(s, {}, (t, {}), {"label": y, "step": 0})
+  loss_B, terms = make_method("hinton", alpha=0.3, temperature=5.0)(s, {}, (t, {}), {"label": y, "step": 0}, {})
   np.testing.assert_allclose(loss_B, hinton_kd_loss(s, t, y, alpha=0.3, temperature=5.0), rtol=1e-6)
   np.testing.assert_allclose(terms["ce"], hard_cross_entropy(s, y), rtol=1e-6)
 
@@ -74,9 +74,9 @@ def test_dkd_warmup_ramps_the_distillation_term_linearly():
   s, t, y = _logits(1)
   method = make_method("dkd", warmup_steps=10)
   ce = hard_cross_entropy(s, y)
-  at0, terms = method(s, {}, (t, {}), {"label": y, "step": jnp.asarray(0)})
-  at5, _ = method(s, {}, (t, {}), {"label": y, "step": jnp.asarray(5)})
-  at50, _ = method(s, {}, (t, {}), {"label": y, "step": jnp.asarray(50)})
+  at0, terms = method(s, {}, (t, {}), {"label": y, "step": jnp.asarray(0)}, {})
+  at5, _ = method(s, {}, (t, {}), {"label": y, "step": jnp.asarray(5)}, {})
+  at50, _ = method(s, {}, (t, {}), {"label": y, "step": jnp.asarray(50)}, {})
   np.testing.assert_allclose(at0, ce, rtol=1e-6)
   np.testing.assert_allclose(at5, ce + 0.5 * terms["dkd"], rtol=1e-5)
   np.testing.assert_allclose(at50, ce + terms["dkd"], rtol=1e-5)
@@ -85,16 +85,16 @@ def test_dkd_warmup_ramps_the_distillation_term_linearly():
 def test_standardize_makes_kd_invariant_to_teacher_logit_scale():
   s, t, y = _logits(2)
   method = make_method("hinton", alpha=0.0, temperature=2.0, standardize=True)
-  a, _ = method(s, {}, (t, {}), {"label": y, "step": 0})
-  b, _ = method(s, {}, (3.0 * t + 1.0, {}), {"label": y, "step": 0})
+  a, _ = method(s, {}, (t, {}), {"label": y, "step": 0}, {})
+  b, _ = method(s, {}, (3.0 * t + 1.0, {}), {"label": y, "step": 0}, {})
   np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
   plain = make_method("hinton", alpha=0.0, temperature=2.0)
-  assert not np.allclose(plain(s, {}, (t, {}), {"label": y})[0], plain(s, {}, (3.0 * t, {}), {"label": y})[0])
+  assert not np.allclose(plain(s, {}, (t, {}), {"label": y}, {})[0], plain(s, {}, (3.0 * t, {}), {"label": y}, {})[0])
 
 
 def test_unknown_method_and_ambiguous_distill_calls_are_named(data, teacher):
-  with pytest.raises(ValueError, match="unknown method 'fitnet'.*dkd"):
-    make_method("fitnet")
+  with pytest.raises(ValueError, match="unknown method 'crd'.*dkd"):
+    make_method("crd")
   with pytest.raises(ValueError, match="either a method or alpha and temperature"):
     distill(data, TINY, teacher, method=make_method("dkd"), alpha=0.5, progress=False)
   with pytest.raises(ValueError, match="needs alpha and temperature"):
@@ -147,3 +147,57 @@ def test_feature_methods_name_what_does_not_fit(name, student, teacher, message,
 def test_unknown_feature_lists_the_available_ones():
   with pytest.raises(ValueError, match="unknown feature 'block9' for the student; available: block1, block2, pre_logits"):
     _smoke(make_method("at", layers=("block9",)), "cnn16", "cnn64", _cnn_data())
+
+
+def test_feature_shapes_are_known_without_data():
+  from kdjax.models import feature_shapes
+  g, p, r = split_model(create_model("cnn16", num_classes=10, input_shape=(32, 32, 3)))
+  shapes = feature_shapes(g, p, r, (32, 32, 3))
+  assert {k: v.shape for k, v in shapes.items()} == {
+      "block1": (2, 16, 16, 16), "block2": (2, 8, 8, 32), "pre_logits": (2, 256)}
+
+
+def test_hint_loss_is_the_per_example_mse_and_stops_the_teacher_gradient():
+  from kdjax.losses import hint_loss
+  rng = np.random.default_rng(3)
+  s, t = rng.normal(size=(4, 3, 3, 5)), rng.normal(size=(4, 3, 3, 5))
+  np.testing.assert_allclose(hint_loss(s, t), ((s - t) ** 2).reshape(4, -1).mean(-1), rtol=1e-5)
+  assert float(jnp.abs(jax.grad(lambda x: hint_loss(s, x).sum())(t)).max()) == 0.0
+  np.testing.assert_allclose(jax.grad(lambda x: hint_loss(x, t).sum())(s), 2 * (s - t) / 45, rtol=1e-4)
+
+
+def test_fitnet_trains_its_regressor_with_the_student(data, teacher):
+  method = make_method("fitnet")
+  result = distill(data, dataclasses.replace(TINY, epochs=3), teacher, method=method, progress=False)
+  kernel = result.method_params["regressor"]["kernel"]
+  assert kernel.shape == (800, 1200)  # mlp800 block2 -> mlp1200 block2
+  from kdjax.models import feature_shapes
+  init = method.init(jax.random.fold_in(jax.random.key(0), 2),
+                     feature_shapes(*split_model(create_model("mlp800", num_classes=10, input_shape=(28, 28, 1))),
+                                    (28, 28, 1)),
+                     feature_shapes(teacher.graphdef, teacher.params, teacher.rest, (28, 28, 1)))
+  assert not np.allclose(kernel, init["regressor"]["kernel"])  # the optimizer moved it
+  hints = [h["train_hint"] for h in result.fit.history]
+  assert hints[-1] < hints[0]
+
+
+def test_fitnet_on_maps_uses_a_1x1_regressor_and_names_spatial_mismatches():
+  step, record = _smoke_with_init(make_method("fitnet", student_layer="block1", teacher_layer="block1"))
+  assert step._cache_size() == 1 and np.isfinite(record["train_hint"])
+  with pytest.raises(ValueError, match=r"same spatial size"):
+    _smoke_with_init(make_method("fitnet", student_layer="block1", teacher_layer="block2"))
+
+
+def _smoke_with_init(method, student="cnn16", teacher_name="cnn64"):
+  from kdjax.models import feature_shapes
+  data = _cnn_data()
+  t_graphdef, t_params, t_rest = split_model(create_model(teacher_name, num_classes=10, input_shape=data.image_shape))
+  graphdef, params, rest = split_model(create_model(student, num_classes=10, input_shape=data.image_shape))
+  method_params = method.init(jax.random.key(1), feature_shapes(graphdef, params, rest, data.image_shape),
+                              feature_shapes(t_graphdef, t_params, t_rest, data.image_shape))
+  assert method_params["regressor"]["kernel"].shape == (16, 64)
+  tx = optax.sgd(0.01, momentum=0.9)
+  step = make_train_step(graphdef, tx, method, teacher_graphdef=t_graphdef)
+  result = fit(init_train_state(params, rest, tx, jax.random.key(0), method_params), step, make_eval_step(graphdef),
+               data, epochs=1, batch_size=16, teacher_vars={"params": t_params, "rest": t_rest}, progress=False)
+  return step, result.history[-1]

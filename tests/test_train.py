@@ -105,7 +105,7 @@ def test_distill_rejects_bad_hyperparameters_before_training(small_mnist, teache
 
 def test_a_non_finite_step_leaves_the_state_unchanged(small_mnist):
   graphdef, tx, state = _student()
-  nan_method = lambda logits, feats, teacher, batch: (jnp.full(logits.shape[:1], jnp.nan), {})
+  nan_method = lambda logits, feats, teacher, batch, params: (jnp.full(logits.shape[:1], jnp.nan), {})
   before = jax.tree.map(np.array, state.params)
   step = make_train_step(graphdef, tx, nan_method)
   state, metrics = step(state, None, _batch(small_mnist))

@@ -41,6 +41,22 @@ def _check_spatial(name: str, s: Array, t: Array) -> None:
                      f"teacher {t.shape[1]}x{t.shape[2]} (pool one of them, or pick other layers)")
 
 
+def hint_loss(student_regressed: Array, teacher_feat: Array) -> Array:
+  r"""FitNets hint loss (Romero et al., ICLR 2015), per example: the mean squared error
+
+  .. math::
+      L_i = \frac{1}{|F|}\sum (r(F^s_i) - F^t_i)^2
+
+  between the student's regressed features and the teacher's hint, over every
+  non-batch axis (torch's ``MSELoss`` is the batch mean of this). The regressor
+  is the method's learnable part (:func:`kdjax.methods.fitnet`).
+  """
+  s, t = _f32(student_regressed), _teacher(teacher_feat)
+  if s.shape != t.shape:
+    raise ValueError(f"hint loss needs equal shapes after the regressor: {s.shape} and {t.shape}")
+  return jnp.mean(((s - t) ** 2).reshape(s.shape[0], -1), axis=-1)
+
+
 def attention_map(feat: Array, p: int = 2) -> Array:
   r"""Spatial attention map of Zagoruyko & Komodakis (ICLR 2017), ``[B, H·W]``:
   the channel mean of ``f^p``, flattened and L2-normalized per example."""

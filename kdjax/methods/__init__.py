@@ -2,14 +2,19 @@
 
 A method is a pure function
 
-    method(student_logits, student_feats, teacher, batch) -> (loss_B, terms)
+    method(student_logits, student_feats, teacher, batch, params) -> (loss_B, terms)
 
 where ``teacher`` is ``None`` (no teacher) or ``(teacher_logits, teacher_feats)``
 computed in inference mode with the gradient stopped, ``batch`` holds at least
 ``"label"`` (and ``"step"``, the student's step count before this update, for
 methods with a schedule), ``loss_B`` is the per-example loss and ``terms`` maps
 each named term to its per-example value (or a batch scalar for batch-level
-losses such as DIST), so every term is logged separately.
+losses such as DIST), so every term is logged separately. ``params`` are the
+method's own learnable parts, trained with the student: ``{}`` for most methods;
+a method that has some (FitNet's regressor) carries
+``method.init(key, student_feature_shapes, teacher_feature_shapes) -> params``,
+sized from the models' feature shapes (``kdjax.models.feature_shapes``) before
+any data is seen.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from kdjax.losses import (attention_transfer_loss, check_alpha, check_temperature,
-                          correlation_congruence_loss, dist_loss, dkd_loss, hard_cross_entropy,
+                          correlation_congruence_loss, dist_loss, dkd_loss, hard_cross_entropy, hint_loss,
                           js_divergence, kl_divergence, nst_loss, pkt_loss, reverse_kl_divergence,
                           rkd_loss, similarity_preserving_loss, standardize_logits)
 
@@ -42,8 +47,8 @@ def _logits(student_logits, teacher, standardize: bool):
 def supervised() -> Method:
   """Plain cross-entropy on the labels; needs no teacher."""
 
-  def method(student_logits, student_feats, teacher, batch):
-    del student_feats, teacher
+  def method(student_logits, student_feats, teacher, batch, params):
+    del student_feats, teacher, params
     ce = hard_cross_entropy(student_logits, batch["label"])
     return ce, {"ce": ce}
 
@@ -65,8 +70,8 @@ def _divergence_kd(divergence, term: str, *, alpha: float, temperature: float, s
   check_alpha(alpha)
   check_temperature(temperature)
 
-  def method(student_logits, student_feats, teacher, batch):
-    del student_feats
+  def method(student_logits, student_feats, teacher, batch, params):
+    del student_feats, params
     s, t = _logits(student_logits, teacher, standardize)
     ce = hard_cross_entropy(student_logits, batch["label"])
     div = divergence(s, t, temperature)
@@ -96,8 +101,8 @@ def dkd(*, alpha: float = 1.0, beta: float = 8.0, temperature: float = 4.0, ce_w
   """
   check_temperature(temperature)
 
-  def method(student_logits, student_feats, teacher, batch):
-    del student_feats
+  def method(student_logits, student_feats, teacher, batch, params):
+    del student_feats, params
     s, t = _logits(student_logits, teacher, standardize)
     ce = hard_cross_entropy(student_logits, batch["label"])
     d = dkd_loss(s, t, batch["label"], alpha=alpha, beta=beta, temperature=temperature)
@@ -113,8 +118,8 @@ def dist_kd(*, beta: float = 1.0, gamma: float = 1.0, temperature: float = 1.0, 
   spread evenly over the examples so that the batch mean is ``mean(CE) + DIST``."""
   check_temperature(temperature)
 
-  def method(student_logits, student_feats, teacher, batch):
-    del student_feats
+  def method(student_logits, student_feats, teacher, batch, params):
+    del student_feats, params
     s, t = _logits(student_logits, teacher, standardize)
     ce = hard_cross_entropy(student_logits, batch["label"])
     d = dist_loss(s, t, beta=beta, gamma=gamma, temperature=temperature)
@@ -136,7 +141,7 @@ def _feature_method(term: str, loss_fn, *, layers, weight: float, ce_weight: flo
   if not layers:
     raise ValueError(f"{term}: give at least one feature layer")
 
-  def method(student_logits, student_feats, teacher, batch):
+  def method(student_logits, student_feats, teacher, batch, params):
     teacher_feats = teacher[1]
     ce = hard_cross_entropy(student_logits, batch["label"])
     total = 0.0
@@ -186,9 +191,48 @@ def correlation_congruence(*, layers=("pre_logits",), weight: float = 0.02, ce_w
   return _feature_method("cc", correlation_congruence_loss, layers=layers, weight=weight, ce_weight=ce_weight)
 
 
+def _linear_init(key: jax.Array, d_in: int, d_out: int) -> dict[str, jax.Array]:
+  """LeCun-normal kernel and zero bias for a connector (a 1x1 convolution on NHWC maps)."""
+  return {"kernel": jax.random.normal(key, (d_in, d_out), jnp.float32) / jnp.sqrt(d_in),
+          "bias": jnp.zeros((d_out,), jnp.float32)}
+
+
+def _linear(params, x: jax.Array) -> jax.Array:
+  return x.astype(jnp.float32) @ params["kernel"] + params["bias"]
+
+
+def fitnet(*, student_layer: str = "block2", teacher_layer: str = "block2", weight: float = 100.0,
+           ce_weight: float = 1.0) -> Method:
+  """FitNets (Romero et al., ICLR 2015): a learnable regressor maps the student's guided
+  layer onto the teacher's hint layer, ``ce_weight·CE + weight·MSE(r(F^s), F^t)``.
+
+  The regressor is a 1x1 convolution on NHWC maps (a linear map on vectors),
+  ``C_s -> C_t``, trained with the student (single stage, RepDistiller's β=100).
+  Spatial sizes must match.
+  """
+
+  def init(key, student_shapes, teacher_shapes):
+    s = pick_feature(student_shapes, student_layer, "student")
+    t = pick_feature(teacher_shapes, teacher_layer, "teacher")
+    if s.shape[1:-1] != t.shape[1:-1]:
+      raise ValueError(f"FitNet's regressor maps channels only: student {student_layer} {tuple(s.shape[1:])} and "
+                       f"teacher {teacher_layer} {tuple(t.shape[1:])} must have the same spatial size")
+    return {"regressor": _linear_init(key, s.shape[-1], t.shape[-1])}
+
+  def method(student_logits, student_feats, teacher, batch, params):
+    s = pick_feature(student_feats, student_layer, "student")
+    t = pick_feature(teacher[1], teacher_layer, "teacher")
+    ce = hard_cross_entropy(student_logits, batch["label"])
+    hint = hint_loss(_linear(params["regressor"], s), t)
+    return ce_weight * ce + weight * hint, {"ce": ce, "hint": hint}
+
+  method.init = init
+  return _method(method, needs_teacher=True)
+
+
 _METHODS = {"supervised": supervised, "hinton": hinton_kd, "reverse_kd": reverse_kd, "js_kd": js_kd,
             "dkd": dkd, "dist": dist_kd, "at": attention, "nst": nst, "sp": similarity_preserving,
-            "rkd": rkd, "pkt": pkt, "cc": correlation_congruence}
+            "rkd": rkd, "pkt": pkt, "cc": correlation_congruence, "fitnet": fitnet}
 
 
 def method_names() -> list[str]:
@@ -202,5 +246,5 @@ def make_method(name: str, **hparams) -> Method:
   return _METHODS[name](**hparams)
 
 
-__all__ = ["Method", "attention", "correlation_congruence", "dist_kd", "dkd", "hinton_kd", "js_kd", "make_method",
+__all__ = ["Method", "attention", "correlation_congruence", "dist_kd", "dkd", "fitnet", "hinton_kd", "js_kd", "make_method",
            "method_names", "nst", "pick_feature", "pkt", "reverse_kd", "rkd", "similarity_preserving", "supervised"]

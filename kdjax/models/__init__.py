@@ -1,7 +1,7 @@
 """Models: Flax NNX modules returning ``(logits, feats)``, used functionally."""
 
 from kdjax.models.cnn import SmallCNN
-from kdjax.models.functional import apply_model, split_model
+from kdjax.models.functional import apply_model, feature_shapes, split_model
 from kdjax.models.mlp import MLP
 from kdjax.models.registry import ModelSpec, create_model, get_model_spec, model_names, register_model
 
@@ -11,6 +11,7 @@ __all__ = [
     "SmallCNN",
     "apply_model",
     "create_model",
+    "feature_shapes",
     "get_model_spec",
     "model_names",
     "register_model",

@@ -25,3 +25,11 @@ def apply_model(graphdef, params, rest, x: jax.Array, *, train: bool, rngs: jax.
   logits, feats = model(x, train=train, rngs=rngs)
   _, _, new_rest = nnx.split(model, nnx.Param, ...)
   return logits, feats, new_rest
+
+
+def feature_shapes(graphdef, params, rest, input_shape, batch_size: int = 2) -> dict[str, jax.ShapeDtypeStruct]:
+  """Shapes of the named features for images of ``input_shape``, without data or FLOPs
+  (``jax.eval_shape``): what a method needs to size its connectors at init."""
+  x = jax.ShapeDtypeStruct((batch_size, *input_shape), jax.numpy.float32)
+  _, feats, _ = jax.eval_shape(lambda p, r, x: apply_model(graphdef, p, r, x, train=False), params, rest, x)
+  return feats

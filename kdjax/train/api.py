@@ -11,7 +11,7 @@ import jax
 from kdjax.config import TrainConfig
 from kdjax.data.dataset import ArrayDataset
 from kdjax.methods import Method, hinton_kd, supervised
-from kdjax.models import create_model, split_model
+from kdjax.models import create_model, feature_shapes, split_model
 from kdjax.train.loop import FitResult, fit, steps_per_epoch
 from kdjax.train.state import init_train_state, make_optimizer
 from kdjax.train.steps import make_eval_step, make_train_step, teacher_variables
@@ -28,6 +28,7 @@ class TrainedModel:
   params: Any
   rest: Any
   fit: FitResult
+  method_params: Any = None  # the distillation method's learnable parts after training, if any
 
   @property
   def variables(self) -> dict[str, Any]:
@@ -47,14 +48,20 @@ def _train(data: ArrayDataset, cfg: TrainConfig, method: Method, *, seed: int, d
   total = cfg.epochs * steps_per_epoch(len(data.train_labels), cfg.batch_size)
   tx = make_optimizer(cfg.optimizer, learning_rate=cfg.learning_rate, total_steps=total,
                       momentum=cfg.momentum, weight_decay=cfg.weight_decay, schedule=cfg.schedule)
-  state = init_train_state(params, rest, tx, jax.random.fold_in(jax.random.key(seed), 1))
+  key = jax.random.key(seed)
+  method_params = {}
+  if hasattr(method, "init"):  # the method's learnable parts, sized from the feature shapes
+    method_params = method.init(jax.random.fold_in(key, 2),
+                                feature_shapes(graphdef, params, rest, data.image_shape),
+                                feature_shapes(teacher.graphdef, teacher.params, teacher.rest, data.image_shape))
+  state = init_train_state(params, rest, tx, jax.random.fold_in(key, 1), method_params)
   train_step = make_train_step(graphdef, tx, method, jitter_pixels=cfg.jitter,
                                teacher_graphdef=teacher.graphdef if teacher else None)
   result = fit(state, train_step, make_eval_step(graphdef), data, epochs=cfg.epochs,
                batch_size=cfg.batch_size, teacher_vars=teacher.variables if teacher else None,
                seed=seed, desc=desc, log_path=log_path, log_fields=log_fields, progress=progress)
   return TrainedModel(cfg.model, data.num_classes, data.image_shape, graphdef,
-                      result.state.params, result.state.rest, result)
+                      result.state.params, result.state.rest, result, result.state.method_params)
 
 
 def train_teacher(data: ArrayDataset, cfg: TrainConfig, *, seed: int = 0, **kwargs) -> TrainedModel:

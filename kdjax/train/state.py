@@ -10,16 +10,24 @@ import optax
 
 
 class TrainState(NamedTuple):
-  params: Any  # nnx.State of the trainable parameters
+  params: Any  # nnx.State of the student's trainable parameters
   rest: Any  # nnx.State of every other variable (batch statistics, ...)
-  opt_state: optax.OptState
+  opt_state: optax.OptState  # over trainables(state): the student and the method's own parts
   step: jax.Array  # int32 scalar
   rng: jax.Array  # typed PRNG key for augmentation and dropout
+  method_params: Any = None  # the method's learnable parts (FitNet regressor, ...); {} if none
 
 
-def init_train_state(params, rest, tx: optax.GradientTransformation, rng: jax.Array) -> TrainState:
-  return TrainState(params=params, rest=rest, opt_state=tx.init(params),
-                    step=jnp.zeros((), jnp.int32), rng=rng)
+def trainables(params, method_params) -> dict[str, Any]:
+  """What the optimizer updates: the student's parameters and the method's own."""
+  return {"student": params, "method": method_params}
+
+
+def init_train_state(params, rest, tx: optax.GradientTransformation, rng: jax.Array,
+                     method_params=None) -> TrainState:
+  method_params = {} if method_params is None else method_params
+  return TrainState(params=params, rest=rest, opt_state=tx.init(trainables(params, method_params)),
+                    step=jnp.zeros((), jnp.int32), rng=rng, method_params=method_params)
 
 
 def make_optimizer(name: str, *, learning_rate: float, total_steps: int, momentum: float = 0.9,

@@ -18,7 +18,7 @@ import optax
 from kdjax.data.augment import jitter, to_float
 from kdjax.methods import Method
 from kdjax.models.functional import apply_model
-from kdjax.train.state import TrainState
+from kdjax.train.state import TrainState, trainables
 
 
 def teacher_variables(params, rest) -> dict[str, Any]:
@@ -30,7 +30,8 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, method: Method, 
                     teacher_graphdef=None, jitter_pixels: int = 0) -> Callable:
   """Builds the jitted student step for ``method``.
 
-  Augmentation (``jitter_pixels`` > 0) runs on the device; the teacher sees the
+  The method's own learnable parts (``state.method_params``) are differentiated
+  and updated with the student. Augmentation (``jitter_pixels`` > 0) runs on the device; the teacher sees the
   same augmented view as the student. A step whose loss or gradient is not
   finite leaves the state unchanged and reports ``finite = False``, so the last
   good state survives for the loop to keep.
@@ -52,17 +53,20 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, method: Method, 
                                          x, train=False)
       teacher = jax.lax.stop_gradient((t_logits, t_feats))
 
-    def loss_fn(params):
-      logits, feats, new_rest = apply_model(graphdef, params, state.rest, x, train=True, rngs=k_drop)
-      loss_B, terms = method(logits, feats, teacher, {**batch, "step": state.step})
+    def loss_fn(trainable):
+      logits, feats, new_rest = apply_model(graphdef, trainable["student"], state.rest, x, train=True,
+                                            rngs=k_drop)
+      loss_B, terms = method(logits, feats, teacher, {**batch, "step": state.step}, trainable["method"])
       return jnp.mean(loss_B), (logits, terms, new_rest)
 
-    (loss, (logits, terms, new_rest)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
+    trainable = trainables(state.params, state.method_params)
+    (loss, (logits, terms, new_rest)), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable)
+    updates, opt_state = tx.update(grads, state.opt_state, trainable)
+    new_trainable = optax.apply_updates(trainable, updates)
     grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-    updated = TrainState(params, new_rest, opt_state, state.step + 1, rng)
+    updated = TrainState(new_trainable["student"], new_rest, opt_state, state.step + 1, rng,
+                         new_trainable["method"])
     kept = state._replace(step=state.step + 1, rng=rng)
     new_state = jax.tree.map(lambda a, b: jnp.where(finite, a, b), updated, kept)
     metrics = {
