@@ -1,6 +1,7 @@
 import dataclasses
 import json
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -74,7 +75,7 @@ def test_same_seed_same_result_and_another_seed_differs(small_mnist):
   a = train_student(small_mnist, TINY, seed=5, progress=False)
   b = train_student(small_mnist, TINY, seed=5, progress=False)
   c = train_student(small_mnist, TINY, seed=6, progress=False)
-  jax.tree.map(np.testing.assert_array_equal, a.params, b.params)
+  chex.assert_trees_all_equal(a.params, b.params)
   assert a.fit.history[-1]["train_loss"] == b.fit.history[-1]["train_loss"]
   assert not np.array_equal(jax.tree.leaves(a.params)[-1], jax.tree.leaves(c.params)[-1])
 
