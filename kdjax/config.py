@@ -63,7 +63,7 @@ def validate_study(cfg: StudyConfig) -> None:
     raise ValueError("seeds is empty: give at least one seed")
   if len(set(cfg.seeds)) != len(cfg.seeds):
     raise ValueError(f"seeds must be distinct, got {cfg.seeds}")
-  for role in ("teacher", "student", "distilled"):
+  for role in ("teacher", "student", "distilled"):  # the StudyConfig fields that are TrainConfigs
     run: TrainConfig = getattr(cfg, role)
     check_model_options(run.model, run.model_options())  # also rejects an unknown model
     for field in ("epochs", "batch_size"):

@@ -30,6 +30,7 @@ from kdjax.train import NonFiniteLossError, distill, train_student, train_teache
 from kdjax.train.checkpoint import save_pytree
 
 ROLES = ("teacher", "student", "control", "distilled")
+CONFIGURED_ROLES = ("teacher", "student", "distilled")  # the control is derived from the student
 ROLE_LABELS = {"teacher": "teacher", "student": "student alone",
                "control": "student alone + jitter (control)", "distilled": "student distilled"}
 
@@ -64,7 +65,7 @@ def environment() -> dict[str, str]:
 
 
 def check_models_fit_data(cfg: StudyConfig, data: ArrayDataset) -> None:
-  for role in ("teacher", "student", "distilled"):
+  for role in CONFIGURED_ROLES:
     spec = get_model_spec(getattr(cfg, role).model)
     if spec.input_shape != data.image_shape:
       raise ValueError(f"{role} model {spec.name!r} expects images of shape {spec.input_shape}, but "

@@ -49,4 +49,4 @@ def load_pytree(path: str | os.PathLike, like):
       raise ValueError(f"checkpoint {path}: {key} has shape {stored[key].shape}, the model expects "
                        f"{np.shape(leaf)} (another architecture?)")
     out.append(stored[key])
-  return jax.tree_util.tree_unflatten(treedef, [x for x in out])
+  return jax.tree_util.tree_unflatten(treedef, out)
