@@ -109,27 +109,43 @@ def _cnn_data(n=64):
   return ArrayDataset("synthetic32", images, labels, images[:32], labels[:32], 10)
 
 
-def _smoke(method, student, teacher_name, data, steps_data=None):
+def _smoke(method, student="cnn16", teacher_name="cnn64", data=None):
+  """One epoch of ``method`` from a random teacher; ``(step, last record, initial method params)``."""
+  from kdjax.methods import init_method
+  from kdjax.models import feature_shapes
+  data = _cnn_data() if data is None else data
   t_graphdef, t_params, t_rest = split_model(create_model(teacher_name, num_classes=10, input_shape=data.image_shape))
   graphdef, params, rest = split_model(create_model(student, num_classes=10, input_shape=data.image_shape))
+  method_params, method_state = init_method(method, jax.random.key(1),
+                                            feature_shapes(graphdef, params, rest, data.image_shape),
+                                            feature_shapes(t_graphdef, t_params, t_rest, data.image_shape),
+                                            len(data.train_labels))
   tx = optax.sgd(0.01, momentum=0.9)
   step = make_train_step(graphdef, tx, method, teacher_graphdef=t_graphdef)
-  result = fit(init_train_state(params, rest, tx, jax.random.key(0)), step, make_eval_step(graphdef), data,
-               epochs=1, batch_size=16, teacher_vars={"params": t_params, "rest": t_rest}, progress=False)
-  return step, result.history[-1]
+  state = init_train_state(params, rest, tx, jax.random.key(0), method_params, method_state)
+  result = fit(state, step, make_eval_step(graphdef), data, epochs=1, batch_size=16,
+               teacher_vars={"params": t_params, "rest": t_rest}, progress=False)
+  return step, result.history[-1], method_params
 
 
 @pytest.mark.parametrize("name", ["at", "nst", "sp", "rkd", "pkt"])
 def test_feature_methods_run_on_the_cnn_pair_with_one_compiled_step(name):
-  step, record = _smoke(make_method(name), "cnn16", "cnn64", _cnn_data())
+  step, record, _ = _smoke(make_method(name))
   assert step._cache_size() == 1
   assert np.isfinite(record["train_loss"]) and np.isfinite(record[f"train_{name}"])
   assert record[f"train_{name}"] > 0  # a random teacher and student do not agree
 
 
-def test_cc_runs_when_embedding_sizes_match():
-  step, record = _smoke(make_method("cc"), "cnn16", "cnn64", _cnn_data())  # both pre_logits are 256-d
+def test_cc_runs_without_embeddings_when_embedding_sizes_match():
+  step, record, _ = _smoke(make_method("cc", embed_dim=None))  # both pre_logits are 256-d
   assert np.isfinite(record["train_cc"])
+
+
+def test_cc_embeds_both_sides_to_embed_dim_and_trains_the_embeddings(data, teacher):
+  result = distill(data, TINY, teacher, method=make_method("cc", embed_dim=64), progress=False)
+  emb = result.method_params["pre_logits"]
+  assert emb["student"]["kernel"].shape == (800, 64) and emb["teacher"]["kernel"].shape == (1200, 64)
+  assert np.isfinite(result.fit.history[-1]["train_cc"])
 
 
 @pytest.mark.parametrize("name,student,teacher,message", [
@@ -141,12 +157,12 @@ def test_feature_methods_name_what_does_not_fit(name, student, teacher, message,
   data = dataclasses.replace(small_mnist, train_images=small_mnist.train_images[:64],
                              train_labels=small_mnist.train_labels[:64])
   with pytest.raises(ValueError, match=message):
-    _smoke(make_method(name), student, teacher, data)
+    _smoke(make_method(name, **({"embed_dim": None} if name == "cc" else {})), student, teacher, data)
 
 
 def test_unknown_feature_lists_the_available_ones():
   with pytest.raises(ValueError, match="unknown feature 'block9' for the student; available: block1, block2, pre_logits"):
-    _smoke(make_method("at", layers=("block9",)), "cnn16", "cnn64", _cnn_data())
+    _smoke(make_method("at", layers=("block9",)))
 
 
 def test_feature_shapes_are_known_without_data():
@@ -169,35 +185,30 @@ def test_hint_loss_is_the_per_example_mse_and_stops_the_teacher_gradient():
 def test_fitnet_trains_its_regressor_with_the_student(data, teacher):
   method = make_method("fitnet")
   result = distill(data, dataclasses.replace(TINY, epochs=3), teacher, method=method, progress=False)
-  kernel = result.method_params["regressor"]["kernel"]
+  kernel = result.method_params["regressor"]["dense"]["kernel"]
   assert kernel.shape == (800, 1200)  # mlp800 block2 -> mlp1200 block2
   from kdjax.models import feature_shapes
   init = method.init(jax.random.fold_in(jax.random.key(0), 2),
                      feature_shapes(*split_model(create_model("mlp800", num_classes=10, input_shape=(28, 28, 1))),
                                     (28, 28, 1)),
                      feature_shapes(teacher.graphdef, teacher.params, teacher.rest, (28, 28, 1)))
-  assert not np.allclose(kernel, init["regressor"]["kernel"])  # the optimizer moved it
+  assert not np.allclose(kernel, init["regressor"]["dense"]["kernel"])  # the optimizer moved it
   hints = [h["train_hint"] for h in result.fit.history]
   assert hints[-1] < hints[0]
 
 
-def test_fitnet_on_maps_uses_a_1x1_regressor_and_names_spatial_mismatches():
-  step, record = _smoke_with_init(make_method("fitnet", student_layer="block1", teacher_layer="block1"))
+@pytest.mark.parametrize("s_layer,t_layer,kind,kernel", [
+    ("block1", "block1", "valid", (1, 1, 16, 64)),  # equal sizes: a 1x1 convolution
+    ("block1", "block2", "down", (3, 3, 16, 128)),  # 16x16 -> 8x8: 3x3 stride 2
+    ("block2", "block1", "up", (4, 4, 32, 64)),  # 8x8 -> 16x16: 4x4 stride-2 transposed
+])
+def test_fitnet_regressor_bridges_spatial_sizes_as_repdistillers_convreg(s_layer, t_layer, kind, kernel):
+  method = make_method("fitnet", student_layer=s_layer, teacher_layer=t_layer)
+  step, record, method_params = _smoke(method)
+  assert method_params["regressor"][kind]["kernel"].shape == kernel
   assert step._cache_size() == 1 and np.isfinite(record["train_hint"])
-  with pytest.raises(ValueError, match=r"same spatial size"):
-    _smoke_with_init(make_method("fitnet", student_layer="block1", teacher_layer="block2"))
 
 
-def _smoke_with_init(method, student="cnn16", teacher_name="cnn64"):
-  from kdjax.models import feature_shapes
-  data = _cnn_data()
-  t_graphdef, t_params, t_rest = split_model(create_model(teacher_name, num_classes=10, input_shape=data.image_shape))
-  graphdef, params, rest = split_model(create_model(student, num_classes=10, input_shape=data.image_shape))
-  method_params = method.init(jax.random.key(1), feature_shapes(graphdef, params, rest, data.image_shape),
-                              feature_shapes(t_graphdef, t_params, t_rest, data.image_shape))
-  assert method_params["regressor"]["kernel"].shape == (16, 64)
-  tx = optax.sgd(0.01, momentum=0.9)
-  step = make_train_step(graphdef, tx, method, teacher_graphdef=t_graphdef)
-  result = fit(init_train_state(params, rest, tx, jax.random.key(0), method_params), step, make_eval_step(graphdef),
-               data, epochs=1, batch_size=16, teacher_vars={"params": t_params, "rest": t_rest}, progress=False)
-  return step, result.history[-1]
+def test_fitnet_names_what_no_regressor_bridges():
+  with pytest.raises(ValueError, match=r"FitNet: student pre_logits \(256,\) and teacher block1 \(16, 16, 64\) must both"):
+    _smoke(make_method("fitnet", student_layer="pre_logits", teacher_layer="block1"))

@@ -24,7 +24,7 @@ def _teacher(x: Array) -> Array:
   return jax.lax.stop_gradient(_f32(x))
 
 
-def _l2_normalize(x: Array, axis: int = -1, eps: float = 1e-12) -> Array:
+def l2_normalize(x: Array, axis: int = -1, eps: float = 1e-12) -> Array:
   """``x / max(‖x‖, eps)``, as torch's ``F.normalize``, with a finite gradient at ``x = 0``."""
   return x / jnp.sqrt(jnp.maximum(jnp.sum(x * x, axis=axis, keepdims=True), eps * eps))
 
@@ -60,7 +60,7 @@ def hint_loss(student_regressed: Array, teacher_feat: Array) -> Array:
 def attention_map(feat: Array, p: int = 2) -> Array:
   r"""Spatial attention map of Zagoruyko & Komodakis (ICLR 2017), ``[B, H·W]``:
   the channel mean of ``f^p``, flattened and L2-normalized per example."""
-  return _l2_normalize(_flat(jnp.mean(_f32(feat) ** p, axis=-1)))
+  return l2_normalize(_flat(jnp.mean(_f32(feat) ** p, axis=-1)))
 
 
 def attention_transfer_loss(student_feat: Array, teacher_feat: Array, p: int = 2) -> Array:
@@ -87,7 +87,7 @@ def similarity_preserving_loss(student_feat: Array, teacher_feat: Array) -> Arra
   with ``F`` the ``[B, ·]`` flattened features. RepDistiller weights it by γ=3000.
   """
   s, t = _flat(_f32(student_feat)), _flat(_teacher(teacher_feat))
-  g_s, g_t = _l2_normalize(s @ s.T), _l2_normalize(t @ t.T)
+  g_s, g_t = l2_normalize(s @ s.T), l2_normalize(t @ t.T)
   b = s.shape[0]
   return jnp.sum((g_t - g_s) ** 2) / (b * b)
 
@@ -193,7 +193,7 @@ def nst_loss(student_feat: Array, teacher_feat: Array) -> Array:
 
   def channels(f):  # [B, H, W, C] -> [B, C, H*W], each channel unit-norm
     b, h, w, c = f.shape
-    return _l2_normalize(jnp.transpose(f.reshape(b, h * w, c), (0, 2, 1)), axis=2)
+    return l2_normalize(jnp.transpose(f.reshape(b, h * w, c), (0, 2, 1)), axis=2)
 
   s, t = channels(_f32(student_feat)), channels(_teacher(teacher_feat))
 

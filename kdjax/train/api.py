@@ -10,7 +10,7 @@ import jax
 
 from kdjax.config import TrainConfig
 from kdjax.data.dataset import ArrayDataset
-from kdjax.methods import Method, hinton_kd, supervised
+from kdjax.methods import Method, hinton_kd, init_method, supervised
 from kdjax.models import create_model, feature_shapes, split_model
 from kdjax.train.loop import FitResult, fit, steps_per_epoch
 from kdjax.train.state import init_train_state, make_optimizer
@@ -49,12 +49,12 @@ def _train(data: ArrayDataset, cfg: TrainConfig, method: Method, *, seed: int, d
   tx = make_optimizer(cfg.optimizer, learning_rate=cfg.learning_rate, total_steps=total,
                       momentum=cfg.momentum, weight_decay=cfg.weight_decay, schedule=cfg.schedule)
   key = jax.random.key(seed)
-  method_params = {}
-  if hasattr(method, "init"):  # the method's learnable parts, sized from the feature shapes
-    method_params = method.init(jax.random.fold_in(key, 2),
-                                feature_shapes(graphdef, params, rest, data.image_shape),
-                                feature_shapes(teacher.graphdef, teacher.params, teacher.rest, data.image_shape))
-  state = init_train_state(params, rest, tx, jax.random.fold_in(key, 1), method_params)
+  # The method's learnable parts and state, sized from the feature shapes before any data is seen.
+  method_params, method_state = init_method(
+      method, jax.random.fold_in(key, 2), feature_shapes(graphdef, params, rest, data.image_shape),
+      feature_shapes(teacher.graphdef, teacher.params, teacher.rest, data.image_shape) if teacher else {},
+      len(data.train_labels))
+  state = init_train_state(params, rest, tx, jax.random.fold_in(key, 1), method_params, method_state)
   train_step = make_train_step(graphdef, tx, method, jitter_pixels=cfg.jitter,
                                teacher_graphdef=teacher.graphdef if teacher else None)
   result = fit(state, train_step, make_eval_step(graphdef), data, epochs=cfg.epochs,

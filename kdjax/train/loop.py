@@ -73,6 +73,7 @@ def fit(state: TrainState, train_step: Callable, eval_step: Callable, data: Arra
       perm = jax.random.permutation(jax.random.fold_in(shuffle_key, epoch), len(train_y))[:n_steps * batch_size]
       ep_x = train_x[perm].reshape(n_steps, batch_size, *train_x.shape[1:])
       ep_y = train_y[perm].reshape(n_steps, batch_size)
+      ep_i = perm.astype(jnp.int32).reshape(n_steps, batch_size)
       sums: dict[str, float] = {}
       pending = None  # (global step, device metrics) of the previous step
 
@@ -90,7 +91,7 @@ def fit(state: TrainState, train_step: Callable, eval_step: Callable, data: Arra
         return m
 
       for i in range(n_steps):
-        state, metrics = train_step(state, teacher_vars, {"image": ep_x[i], "label": ep_y[i]})
+        state, metrics = train_step(state, teacher_vars, {"image": ep_x[i], "label": ep_y[i], "index": ep_i[i]})
         current = ((epoch - 1) * n_steps + i + 1, metrics)
         if pending is not None:
           m = consume(pending)

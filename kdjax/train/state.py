@@ -16,6 +16,7 @@ class TrainState(NamedTuple):
   step: jax.Array  # int32 scalar
   rng: jax.Array  # typed PRNG key for augmentation and dropout
   method_params: Any = None  # the method's learnable parts (FitNet regressor, ...); {} if none
+  method_state: Any = None  # the method's non-differentiated state (CRD memory bank, ...); {} if none
 
 
 def trainables(params, method_params) -> dict[str, Any]:
@@ -24,10 +25,11 @@ def trainables(params, method_params) -> dict[str, Any]:
 
 
 def init_train_state(params, rest, tx: optax.GradientTransformation, rng: jax.Array,
-                     method_params=None) -> TrainState:
+                     method_params=None, method_state=None) -> TrainState:
   method_params = {} if method_params is None else method_params
   return TrainState(params=params, rest=rest, opt_state=tx.init(trainables(params, method_params)),
-                    step=jnp.zeros((), jnp.int32), rng=rng, method_params=method_params)
+                    step=jnp.zeros((), jnp.int32), rng=rng, method_params=method_params,
+                    method_state={} if method_state is None else method_state)
 
 
 def make_optimizer(name: str, *, learning_rate: float, total_steps: int, momentum: float = 0.9,

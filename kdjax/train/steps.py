@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import optax
 
 from kdjax.data.augment import jitter, to_float
-from kdjax.methods import Method
+from kdjax.methods import Method, call_method
 from kdjax.models.functional import apply_model
 from kdjax.train.state import TrainState, trainables
 
@@ -37,13 +37,15 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, method: Method, 
   good state survives for the loop to keep.
 
   Returns ``step(state, teacher_vars, batch) -> (state, metrics)``, jitted with
-  the state donated; ``teacher_vars`` is ``None`` when there is no teacher.
+  the state donated; ``teacher_vars`` is ``None`` when there is no teacher;
+  ``batch`` holds ``"image"``, ``"label"`` and, for methods with a memory bank,
+  ``"index"`` (the examples' positions in the training set).
   """
   if getattr(method, "needs_teacher", False) and teacher_graphdef is None:
     raise ValueError("this method needs a teacher, but no teacher was given")
 
   def step(state: TrainState, teacher_vars, batch):
-    rng, k_aug, k_drop = jax.random.split(state.rng, 3)
+    rng, k_aug, k_drop, k_method = jax.random.split(state.rng, 4)
     x = to_float(batch["image"])
     if jitter_pixels:
       x = jitter(k_aug, x, jitter_pixels)
@@ -56,17 +58,19 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, method: Method, 
     def loss_fn(trainable):
       logits, feats, new_rest = apply_model(graphdef, trainable["student"], state.rest, x, train=True,
                                             rngs=k_drop)
-      loss_B, terms = method(logits, feats, teacher, {**batch, "step": state.step}, trainable["method"])
-      return jnp.mean(loss_B), (logits, terms, new_rest)
+      loss_B, terms, method_state = call_method(method, logits, feats, teacher,
+                                                {**batch, "step": state.step, "key": k_method},
+                                                trainable["method"], state.method_state)
+      return jnp.mean(loss_B), (logits, terms, new_rest, jax.lax.stop_gradient(method_state))
 
     trainable = trainables(state.params, state.method_params)
-    (loss, (logits, terms, new_rest)), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable)
+    (loss, (logits, terms, new_rest, method_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable)
     updates, opt_state = tx.update(grads, state.opt_state, trainable)
     new_trainable = optax.apply_updates(trainable, updates)
     grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     updated = TrainState(new_trainable["student"], new_rest, opt_state, state.step + 1, rng,
-                         new_trainable["method"])
+                         new_trainable["method"], method_state)
     kept = state._replace(step=state.step + 1, rng=rng)
     new_state = jax.tree.map(lambda a, b: jnp.where(finite, a, b), updated, kept)
     metrics = {

@@ -1,0 +1,47 @@
+"""Combining methods: a weighted sum of named methods, every term logged separately."""
+
+from __future__ import annotations
+
+import jax
+
+from kdjax.methods.base import Method, as_method, call_method, init_method
+
+
+def combine(parts: dict[str, tuple[float, Method]]) -> Method:
+  """``Σ_name weight·method_name``: e.g. Hinton KD plus a feature method,
+
+      combine({"kd": (1.0, hinton_kd(alpha=0.1, temperature=4.0)),
+               "crd": (0.8, crd(ce_weight=0.0))})
+
+  Each part keeps its own learnable parts and state under its name and logs
+  its terms as ``name/term``. Most methods include the label cross-entropy
+  (``ce_weight``): set it to 0 in all parts but one, or CE counts several times.
+  """
+  if not parts:
+    raise ValueError("combine needs at least one method")
+  for name, part in parts.items():
+    if not (isinstance(part, tuple) and len(part) == 2 and callable(part[1])):
+      raise ValueError(f"combine: part {name!r} must be (weight, method), got {part!r}")
+    if not part[0] >= 0:
+      raise ValueError(f"combine: the weight of {name!r} must be >= 0, got {part[0]}")
+
+  def init(key, student_shapes, teacher_shapes):
+    return {name: init_method(m, jax.random.fold_in(key, i), student_shapes, teacher_shapes, 0)[0]
+            for i, (name, (_, m)) in enumerate(parts.items())}
+
+  def init_state(key, student_shapes, teacher_shapes, num_examples):
+    return {name: init_method(m, jax.random.fold_in(key, i), student_shapes, teacher_shapes, num_examples)[1]
+            for i, (name, (_, m)) in enumerate(parts.items())}
+
+  def method(student_logits, student_feats, teacher, batch, params):
+    total, terms, new_state = 0.0, {}, {}
+    for i, (name, (weight, m)) in enumerate(parts.items()):
+      part_batch = {**batch, "key": jax.random.fold_in(batch["key"], i)} if "key" in batch else batch
+      loss_B, part_terms, new_state[name] = call_method(m, student_logits, student_feats, teacher, part_batch,
+                                                        params[name], batch["method_state"][name])
+      total = total + weight * loss_B
+      terms.update({f"{name}/{k}": v for k, v in part_terms.items()})
+    return total, terms, new_state
+
+  method.init, method.init_state = init, init_state
+  return as_method(method, needs_teacher=any(getattr(m, "needs_teacher", False) for _, m in parts.values()))
