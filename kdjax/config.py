@@ -20,8 +20,10 @@ class TrainConfig:
   learning_rate: float = 0.05
   momentum: float = 0.9
   weight_decay: float = 0.0
-  schedule: str = "cosine"  # "cosine" or "constant"
+  schedule: str = "cosine"  # "cosine", "constant" or "step" (x0.1 at each of decay_epochs)
+  decay_epochs: tuple[int, ...] = ()  # for schedule="step", e.g. (150, 180, 210)
   jitter: int = 0  # random translation of up to this many pixels, on the device; 0 = off
+  hflip: bool = False  # random horizontal flips, on the device
   dropout: float | None = None  # hidden-layer dropout rate; None = the model's default
   input_dropout: float | None = None  # input dropout rate (MLPs); None = the model's default
 
@@ -75,8 +77,11 @@ def validate_study(cfg: StudyConfig) -> None:
       rate = getattr(run, field)
       if rate is not None and not 0.0 <= rate < 1.0:
         raise ValueError(f"{role}.{field} must lie in [0, 1), got {rate}")
-    make_optimizer(run.optimizer, learning_rate=run.learning_rate, total_steps=1,
-                   momentum=run.momentum, weight_decay=run.weight_decay, schedule=run.schedule)
+    if any(e > run.epochs for e in run.decay_epochs):
+      raise ValueError(f"{role}.decay_epochs {run.decay_epochs} go past its {run.epochs} epochs")
+    make_optimizer(run.optimizer, learning_rate=run.learning_rate, total_steps=run.epochs, steps_per_epoch=1,
+                   momentum=run.momentum, weight_decay=run.weight_decay, schedule=run.schedule,
+                   decay_epochs=run.decay_epochs)
   if cfg.student.model != cfg.distilled.model:
     raise ValueError(f"student ({cfg.student.model}) and distilled ({cfg.distilled.model}) must be "
                      "the same model for the comparison to mean anything")

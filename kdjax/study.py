@@ -37,9 +37,10 @@ ROLE_LABELS = {"teacher": "teacher", "student": "student alone",
 
 def control_config(cfg: StudyConfig) -> TrainConfig | None:
   """The student alone with the distilled run's augmentation, or None when it adds nothing."""
-  if not cfg.augmented_control or cfg.distilled.jitter == cfg.student.jitter:
+  augment = {"jitter": cfg.distilled.jitter, "hflip": cfg.distilled.hflip}
+  if not cfg.augmented_control or all(getattr(cfg.student, k) == v for k, v in augment.items()):
     return None
-  return dataclasses.replace(cfg.student, jitter=cfg.distilled.jitter)
+  return dataclasses.replace(cfg.student, **augment)
 
 
 def role_config(cfg: StudyConfig, role: str) -> TrainConfig | None:

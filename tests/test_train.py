@@ -136,3 +136,36 @@ def test_checkpoint_round_trip_and_architecture_check(small_mnist, teacher, tmp_
   _, student_params, _ = split_model(create_model("mlp800", num_classes=10, input_shape=(28, 28, 1)))
   with pytest.raises(ValueError, match="another architecture"):
     load_pytree(tmp_path / "t.npz", {"params": student_params, "rest": teacher.rest})
+
+
+def test_step_schedule_decays_tenfold_at_each_decay_epoch():
+  from kdjax.train.state import make_optimizer
+  tx = make_optimizer("sgd", learning_rate=0.1, total_steps=40, momentum=0.0, schedule="step", decay_epochs=(2, 3),
+                      steps_per_epoch=10)
+  params = jnp.zeros(())
+  opt_state = tx.init(params)
+  lrs = []
+  for _ in range(35):
+    updates, opt_state = tx.update(jnp.ones(()), opt_state, params)
+    lrs.append(-float(updates))
+  np.testing.assert_allclose(lrs, [0.1] * 20 + [0.01] * 10 + [0.001] * 5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(schedule="step"), r"needs increasing positive decay_epochs, got \(\)"),
+    (dict(schedule="step", decay_epochs=(3, 2)), r"increasing positive decay_epochs, got \(3, 2\)"),
+    (dict(schedule="cosine", decay_epochs=(2,)), r"only apply to schedule 'step'"),
+])
+def test_step_schedule_names_bad_decay_epochs(kwargs, message):
+  from kdjax.train.state import make_optimizer
+  with pytest.raises(ValueError, match=message):
+    make_optimizer("sgd", learning_rate=0.1, total_steps=10, **kwargs)
+
+
+def test_random_hflip_mirrors_about_half_the_images_and_nothing_else():
+  from kdjax.data.augment import random_hflip
+  x = jax.random.uniform(jax.random.key(0), (64, 5, 6, 3))
+  y = random_hflip(jax.random.key(1), x)
+  mirrored = np.array([np.array_equal(y[i], x[i, :, ::-1]) for i in range(64)])
+  same = np.array([np.array_equal(y[i], x[i]) for i in range(64)])
+  assert np.all(mirrored ^ same) and 16 < mirrored.sum() < 48

@@ -31,3 +31,9 @@ def jitter(key: jax.Array, images_BxHxWxC: jax.Array, max_shift: int = 2) -> jax
     return jax.lax.dynamic_slice(img, (off[0], off[1], 0), (h, w, c))
 
   return jax.vmap(crop)(padded, offsets)
+
+
+def random_hflip(key: jax.Array, images_BxHxWxC: jax.Array) -> jax.Array:
+  """Mirrors each image left-right with probability 1/2 (the CIFAR recipe's flip)."""
+  flip = jax.random.bernoulli(key, 0.5, (images_BxHxWxC.shape[0], 1, 1, 1))
+  return jnp.where(flip, images_BxHxWxC[:, :, ::-1, :], images_BxHxWxC)

@@ -45,9 +45,10 @@ def _train(data: ArrayDataset, cfg: TrainConfig, method: Method, *, seed: int, d
   model = create_model(cfg.model, num_classes=data.num_classes, input_shape=data.image_shape, seed=seed,
                        **cfg.model_options())
   graphdef, params, rest = split_model(model)
-  total = cfg.epochs * steps_per_epoch(len(data.train_labels), cfg.batch_size)
-  tx = make_optimizer(cfg.optimizer, learning_rate=cfg.learning_rate, total_steps=total,
-                      momentum=cfg.momentum, weight_decay=cfg.weight_decay, schedule=cfg.schedule)
+  per_epoch = steps_per_epoch(len(data.train_labels), cfg.batch_size)
+  tx = make_optimizer(cfg.optimizer, learning_rate=cfg.learning_rate, total_steps=cfg.epochs * per_epoch,
+                      momentum=cfg.momentum, weight_decay=cfg.weight_decay, schedule=cfg.schedule,
+                      decay_epochs=cfg.decay_epochs, steps_per_epoch=per_epoch)
   key = jax.random.key(seed)
   # The method's learnable parts and state, sized from the feature shapes before any data is seen.
   method_params, method_state = init_method(
@@ -55,7 +56,7 @@ def _train(data: ArrayDataset, cfg: TrainConfig, method: Method, *, seed: int, d
       feature_shapes(teacher.graphdef, teacher.params, teacher.rest, data.image_shape) if teacher else {},
       len(data.train_labels))
   state = init_train_state(params, rest, tx, jax.random.fold_in(key, 1), method_params, method_state)
-  train_step = make_train_step(graphdef, tx, method, jitter_pixels=cfg.jitter,
+  train_step = make_train_step(graphdef, tx, method, jitter_pixels=cfg.jitter, hflip=cfg.hflip,
                                teacher_graphdef=teacher.graphdef if teacher else None)
   result = fit(state, train_step, make_eval_step(graphdef), data, epochs=cfg.epochs,
                batch_size=cfg.batch_size, teacher_vars=teacher.variables if teacher else None,

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from kdjax.data.augment import jitter, to_float
+from kdjax.data.augment import jitter, random_hflip, to_float
 from kdjax.methods import Method, call_method
 from kdjax.models.functional import apply_model
 from kdjax.train.state import TrainState, trainables
@@ -27,12 +27,12 @@ def teacher_variables(params, rest) -> dict[str, Any]:
 
 
 def make_train_step(graphdef, tx: optax.GradientTransformation, method: Method, *,
-                    teacher_graphdef=None, jitter_pixels: int = 0) -> Callable:
+                    teacher_graphdef=None, jitter_pixels: int = 0, hflip: bool = False) -> Callable:
   """Builds the jitted student step for ``method``.
 
   The method's own learnable parts (``state.method_params``) are differentiated
-  and updated with the student. Augmentation (``jitter_pixels`` > 0) runs on the device; the teacher sees the
-  same augmented view as the student. A step whose loss or gradient is not
+  and updated with the student. Augmentation (``jitter_pixels`` > 0, ``hflip``) runs on the device; the
+  teacher sees the same augmented view as the student. A step whose loss or gradient is not
   finite leaves the state unchanged and reports ``finite = False``, so the last
   good state survives for the loop to keep.
 
@@ -47,8 +47,11 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, method: Method, 
   def step(state: TrainState, teacher_vars, batch):
     rng, k_aug, k_drop, k_method = jax.random.split(state.rng, 4)
     x = to_float(batch["image"])
+    k_jitter, k_flip = jax.random.split(k_aug)
     if jitter_pixels:
-      x = jitter(k_aug, x, jitter_pixels)
+      x = jitter(k_jitter, x, jitter_pixels)
+    if hflip:
+      x = random_hflip(k_flip, x)
     teacher = None
     if teacher_graphdef is not None:
       t_logits, t_feats, _ = apply_model(teacher_graphdef, teacher_vars["params"], teacher_vars["rest"],
