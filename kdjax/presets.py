@@ -73,4 +73,20 @@ CIFAR100_RESNET = StudyConfig(
     seeds=(0, 1, 2),
 )
 
-PRESETS = {c.name: c for c in (HINTON_MNIST, HINTON_MNIST_FULL, CNN_CIFAR10, CIFAR100_RESNET)}
+# CIFAR ResNets on the built-in MNIST subset (28x28x1, which their stride of 4 divides): a
+# CPU-sized pair with feature maps, so experiments/feature_kd.py can compare the map-based
+# methods (AT, NST, VID, FT, AB, FSP, ReviewKD) offline. Short runs; not a published setting.
+RESNET_MNIST = StudyConfig(
+    name="resnet_mnist",
+    dataset="builtin",
+    teacher=TrainConfig(model="resnet20", epochs=4, batch_size=128, learning_rate=0.05, weight_decay=5e-4,
+                        jitter=2),
+    student=TrainConfig(model="resnet8", epochs=3, batch_size=128, learning_rate=0.05, weight_decay=5e-4),
+    distilled=TrainConfig(model="resnet8", epochs=3, batch_size=128, learning_rate=0.05, weight_decay=5e-4,
+                          jitter=2),
+    alpha=0.1,
+    temperature=4.0,
+    seeds=(0, 1),
+)
+
+PRESETS = {c.name: c for c in (HINTON_MNIST, HINTON_MNIST_FULL, CNN_CIFAR10, CIFAR100_RESNET, RESNET_MNIST)}

@@ -25,7 +25,7 @@ import jax
 import kdjax
 from kdjax.config import StudyConfig, TrainConfig, to_dict, validate_study
 from kdjax.data import ArrayDataset, load_dataset
-from kdjax.models import get_model_spec
+from kdjax.models import check_input_shape, get_model_spec
 from kdjax.train import NonFiniteLossError, distill, train_student, train_teacher
 from kdjax.train.checkpoint import save_pytree
 
@@ -67,10 +67,10 @@ def environment() -> dict[str, str]:
 
 def check_models_fit_data(cfg: StudyConfig, data: ArrayDataset) -> None:
   for role in CONFIGURED_ROLES:
-    spec = get_model_spec(getattr(cfg, role).model)
-    if spec.input_shape != data.image_shape:
-      raise ValueError(f"{role} model {spec.name!r} expects images of shape {spec.input_shape}, but "
-                       f"{data.name} has images of shape {data.image_shape}")
+    try:
+      check_input_shape(get_model_spec(getattr(cfg, role).model), data.image_shape)
+    except ValueError as e:
+      raise ValueError(f"{role}: {e} ({data.name})") from None
 
 
 def run_study(cfg: StudyConfig, *, data: ArrayDataset | None = None, progress: bool = True,

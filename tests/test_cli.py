@@ -55,7 +55,7 @@ def test_validate_study_rejects_bad_configs(changes, message):
     (["--data", "idx:/no/such/dir"], "does not exist"),
     (["--data", "mnist"], "unknown dataset 'mnist'"),
     (["--set", "student.model=cnn16", "--set", "distilled.model=cnn16"],
-     r"student model 'cnn16' expects images of shape \(32, 32, 3\).*\(28, 28, 1\)"),
+     r"student: model 'cnn16' expects images of shape \(32, 32, 3\).*\(28, 28, 1\)"),
     (["--set", "teacher.model=cnn64"], "model 'cnn64' has no option input_dropout_rate"),
 ])
 def test_cli_bad_input_fails_before_training(argv, message, capsys, tmp_path):

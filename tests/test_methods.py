@@ -36,7 +36,8 @@ def _logits(seed=0, b=8, c=10):
 
 
 LOGIT_METHODS = ["hinton", "reverse_kd", "js_kd", "dkd", "dist"]
-FEATURE_METHODS = ["at", "nst", "sp", "rkd", "pkt", "cc", "fitnet"]
+FEATURE_METHODS = ["at", "nst", "sp", "rkd", "pkt", "cc", "fitnet", "crd", "crd_queue", "crd_inbatch", "reviewkd",
+                   "vid", "ft", "ab", "fsp"]
 
 
 def test_every_method_is_covered_here():
@@ -93,8 +94,8 @@ def test_standardize_makes_kd_invariant_to_teacher_logit_scale():
 
 
 def test_unknown_method_and_ambiguous_distill_calls_are_named(data, teacher):
-  with pytest.raises(ValueError, match="unknown method 'crd'.*dkd"):
-    make_method("crd")
+  with pytest.raises(ValueError, match="unknown method 'ofa'.*dkd"):
+    make_method("ofa")
   with pytest.raises(ValueError, match="either a method or alpha and temperature"):
     distill(data, TINY, teacher, method=make_method("dkd"), alpha=0.5, progress=False)
   with pytest.raises(ValueError, match="needs alpha and temperature"):
@@ -145,6 +146,13 @@ def test_cc_embeds_both_sides_to_embed_dim_and_trains_the_embeddings(data, teach
   result = distill(data, TINY, teacher, method=make_method("cc", embed_dim=64), progress=False)
   emb = result.method_params["pre_logits"]
   assert emb["student"]["kernel"].shape == (800, 64) and emb["teacher"]["kernel"].shape == (1200, 64)
+  from kdjax.methods import init_method
+  from kdjax.models import feature_shapes
+  shapes = [feature_shapes(*split_model(create_model(m, num_classes=10, input_shape=(28, 28, 1))), (28, 28, 1))
+            for m in ("mlp800", "mlp1200")]
+  init, _ = init_method(make_method("cc", embed_dim=64), jax.random.fold_in(jax.random.key(0), 2), *shapes, 1000)
+  for side in ("student", "teacher"):  # both embeddings train (RepDistiller trains embed_s and embed_t)
+    assert not np.allclose(emb[side]["kernel"], init["pre_logits"][side]["kernel"])
   assert np.isfinite(result.fit.history[-1]["train_cc"])
 
 

@@ -88,7 +88,7 @@ def test_distill_end_to_end_writes_jsonl(small_mnist, teacher, tmp_path):
   assert [r["epoch"] for r in records] == [1, 2]
   assert all(r["run"] == "distilled" and "train_kl" in r and "test_accuracy" in r for r in records)
   assert d.test["accuracy"] > 0.7  # 2 epochs on 2,000 images; chance is 0.1
-  assert records[-1]["train_teacher_agreement"] > 0.8
+  assert records[-1]["train_teacher_agreement"] > 0.7  # chance is about 0.1
 
 
 def test_distill_rejects_a_teacher_with_another_class_count(small_mnist, teacher):

@@ -1,16 +1,32 @@
 """Pure distillation losses: float32 math, no reduction (per-example values, or a batch
 scalar where the loss couples the examples of a batch)."""
 
+from kdjax.losses.contrastive import (
+    contrast_loss,
+    crd_loss,
+    crd_normalizer,
+    crd_scores,
+    inbatch_info_nce_loss,
+    info_nce_loss,
+    queue_info_nce_loss,
+)
 from kdjax.losses.feature import (
+    activation_boundary_loss,
+    adaptive_avg_pool,
     attention_map,
     attention_transfer_loss,
     correlation_congruence_loss,
+    factor_transfer_loss,
+    fsp_loss,
+    fsp_matrix,
+    ft_factor,
     hint_loss,
     l2_normalize,
     nst_loss,
     pkt_loss,
     rkd_loss,
     similarity_preserving_loss,
+    vid_loss,
 )
 from kdjax.losses.logit import (
     dist_loss,
@@ -23,18 +39,35 @@ from kdjax.losses.logit import (
     soft_target_cross_entropy,
     standardize_logits,
 )
+from kdjax.losses.review import hcl_level_loss, hcl_loss
 from kdjax.losses.validate import check_alpha, check_temperature
 
 __all__ = [
+    "contrast_loss",
+    "crd_loss",
+    "crd_normalizer",
+    "crd_scores",
+    "hcl_level_loss",
+    "hcl_loss",
+    "inbatch_info_nce_loss",
+    "info_nce_loss",
+    "queue_info_nce_loss",
+    "activation_boundary_loss",
+    "adaptive_avg_pool",
     "attention_map",
     "attention_transfer_loss",
     "correlation_congruence_loss",
+    "factor_transfer_loss",
+    "fsp_loss",
+    "fsp_matrix",
+    "ft_factor",
     "hint_loss",
     "l2_normalize",
     "nst_loss",
     "pkt_loss",
     "rkd_loss",
     "similarity_preserving_loss",
+    "vid_loss",
     "check_alpha",
     "check_temperature",
     "dist_loss",

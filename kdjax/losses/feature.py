@@ -162,15 +162,18 @@ def pkt_loss(student_emb: Array, teacher_emb: Array, eps: float = 1e-7) -> Array
   return jnp.mean(p_t * jnp.log((p_t + eps) / (p_s + eps)))
 
 
-def correlation_congruence_loss(student_emb: Array, teacher_emb: Array) -> Array:
+def correlation_congruence_loss(student_emb: Array, teacher_emb: Array, *, teacher_grad: bool = False) -> Array:
   r"""Correlation congruence (CC, Peng et al., ICCV 2019), as in RepDistiller, batch scalar.
 
   RepDistiller's version (from the authors): with ``δ_i = |f^s_i − f^t_i|``,
   ``L = \frac{1}{B-1}\sum_{i<B} δ_i · δ_{i+1}``, a cheap proxy for matching
   the correlation between consecutive samples. Needs equal embedding sizes
-  (put a connector in front of the student otherwise).
+  (put a connector in front of the student otherwise). ``teacher_grad=True``
+  lets the gradient reach the teacher argument, for a learnable teacher-side
+  embedding (the teacher network's own features are stopped by the step).
   """
-  s, t = _flat(_f32(student_emb)), _flat(_teacher(teacher_emb))
+  s = _flat(_f32(student_emb))
+  t = _flat(_f32(teacher_emb) if teacher_grad else _teacher(teacher_emb))
   if s.shape != t.shape:
     raise ValueError(f"correlation congruence needs equal embedding sizes: student {s.shape[1]}, "
                      f"teacher {t.shape[1]}")
@@ -201,3 +204,148 @@ def nst_loss(student_feat: Array, teacher_feat: Array) -> Array:
     return jnp.mean(jnp.einsum("bcx,bdx->bcd", a, b) ** 2, axis=(1, 2))
 
   return kernel_mean(t, t) + kernel_mean(s, s) - 2.0 * kernel_mean(s, t)
+
+
+def adaptive_avg_pool(x: Array, size: tuple[int, int]) -> Array:
+  """torch's ``adaptive_avg_pool2d`` on NHWC maps, for output sizes that divide the input's
+  (the only case RepDistiller's CIFAR networks meet): the mean of each ``H/h × W/w`` tile."""
+  b, h, w, c = x.shape
+  oh, ow = size
+  if h % oh or w % ow:
+    raise ValueError(f"cannot average-pool a {h}x{w} map to {oh}x{ow}: only integer ratios are supported")
+  return x.reshape(b, oh, h // oh, ow, w // ow, c).mean(axis=(2, 4))
+
+
+def common_spatial_size(name: str, a_shape, b_shape) -> tuple[int, int]:
+  """The spatial size two NHWC maps meet at when the larger is average-pooled onto the smaller
+  (RepDistiller's VID, FT and FSP); a clear error where the ratio is not an integer."""
+  if len(a_shape) != 4 or len(b_shape) != 4:
+    raise ValueError(f"{name} needs NHWC feature maps, got shapes {tuple(a_shape)} and {tuple(b_shape)}")
+  h, w = min(a_shape[1], b_shape[1]), min(a_shape[2], b_shape[2])
+  for shape in (a_shape, b_shape):
+    if shape[1] % h or shape[2] % w:
+      raise ValueError(f"{name}: cannot average-pool a {shape[1]}x{shape[2]} map onto {h}x{w} "
+                       f"(maps of shapes {tuple(a_shape)} and {tuple(b_shape)}; only integer ratios are supported)")
+  return h, w
+
+
+def match_spatial(name: str, a: Array, b: Array) -> tuple[Array, Array]:
+  """``a`` and ``b`` with the larger map average-pooled onto the smaller one's size."""
+  size = common_spatial_size(name, a.shape, b.shape)
+  pool = lambda x: x if x.shape[1:3] == size else adaptive_avg_pool(x, size)
+  return pool(a), pool(b)
+
+
+def vid_loss(student_mean: Array, teacher_feat: Array, variance: Array) -> Array:
+  r"""Variational information distillation (VID, Ahn et al., CVPR 2019), per example.
+
+  The negative log-likelihood (without the constant ``½ log 2π``) of the teacher's
+  features under a Gaussian whose mean ``μ`` the student predicts (through the
+  method's regressor) and whose variance ``σ²`` is a learnable per-channel vector:
+
+  .. math::
+      L_i = \frac{1}{|F|}\sum_{h,w,c} \frac12\Big(\frac{(\mu_{ihwc} - t_{ihwc})^2}{\sigma_c^2} + \log\sigma_c^2\Big)
+
+  ``variance`` broadcasts against the last (channel) axis; RepDistiller's
+  ``VIDLoss`` uses ``σ² = softplus(log_scale) + 1e-5`` and takes ``torch.mean``
+  (the batch mean of this). Minimal in ``μ`` at ``μ = t``, where it is ``½ log σ²``.
+  """
+  mu, t = _f32(student_mean), _teacher(teacher_feat)
+  if mu.shape != t.shape:
+    raise ValueError(f"VID needs the regressed student mean and the teacher feature to have equal shapes: "
+                     f"{mu.shape} and {t.shape}")
+  var = _f32(variance)
+  nll = 0.5 * ((mu - t) ** 2 / var + jnp.log(var))
+  return jnp.mean(nll.reshape(nll.shape[0], -1), axis=-1)
+
+
+def ft_factor(factor: Array, p: int | None = 2) -> Array:
+  r"""The normalized factor FT compares, ``[B, ·]``: RepDistiller's
+  ``F.normalize(f.pow(p).mean(channel).view(B, -1))`` for an integer ``p`` (the
+  default, ``p1=2``), or the paper's ``vec(F) / ‖vec(F)‖₂`` for ``p=None``."""
+  f = _f32(factor)
+  if p is not None:
+    f = jnp.mean(f**p, axis=-1)
+  return l2_normalize(_flat(f))
+
+
+def factor_transfer_loss(student_factor: Array, teacher_factor: Array, p: int | None = 2) -> Array:
+  r"""Factor transfer (FT, Kim et al., NeurIPS 2018), per example.
+
+  .. math::
+      L_i = \frac{1}{D}\Big\|\frac{x(F^s_i)}{\|x(F^s_i)\|_2} - \frac{x(F^t_i)}{\|x(F^t_i)\|_2}\Big\|_1
+
+  between the student's translated factor and the teacher's paraphrased factor
+  (``p_2 = 1`` in the paper and RepDistiller). ``x`` is RepDistiller's
+  ``FactorTransfer.factor``: the channel mean of ``F^p`` (``p1 = 2``) flattened
+  over space (:func:`ft_factor`); ``p=None`` gives the paper's ``vec(F)`` (channel
+  counts must then match). The larger map is first average-pooled onto the
+  smaller one, as in RepDistiller. Zero when the factors are equal up to a
+  positive scale. RepDistiller weights it by β=200.
+  """
+  s, t = match_spatial("factor transfer", _f32(student_factor), _teacher(teacher_factor))
+  if p is None and s.shape != t.shape:
+    raise ValueError(f"factor transfer with p=None needs equal factor shapes: {s.shape} and {t.shape}")
+  return jnp.mean(jnp.abs(ft_factor(s, p) - ft_factor(t, p)), axis=-1)
+
+
+def activation_boundary_loss(student_feat: Array, teacher_feat: Array, margin: float = 1.0) -> Array:
+  r"""Activation-boundary transfer (AB, Heo et al., AAAI 2019), per example.
+
+  The paper's alternative (hinge-squared) loss, summed over every element of the
+  connected student pre-activation ``s`` and the teacher's activation ``t``:
+
+  .. math::
+      L_i = \sum (s + m)^2\,\mathbb 1[s > -m \wedge t \le 0] + (s - m)^2\,\mathbb 1[s \le m \wedge t > 0]
+
+  zero once every student neuron is beyond the margin ``m`` on the teacher's side
+  of the boundary. RepDistiller's ``ABLoss.criterion_alternative_l2`` sums over
+  the batch too; :func:`kdjax.methods.activation_boundary` applies its
+  normalization (``/B · 3/1000`` and layer weights).
+  """
+  s, t = _f32(student_feat), _teacher(teacher_feat)
+  if s.shape != t.shape:
+    raise ValueError(f"activation boundary needs equal shapes after the connector: {s.shape} and {t.shape}")
+  loss = ((s + margin) ** 2 * ((s > -margin) & (t <= 0)) + (s - margin) ** 2 * ((s <= margin) & (t > 0)))
+  return jnp.sum(loss.reshape(loss.shape[0], -1), axis=-1)
+
+
+def fsp_matrix(feat_a: Array, feat_b: Array) -> Array:
+  r"""Flow-of-solution-procedure matrix of Yim et al. (CVPR 2017), ``[B, C_a, C_b]``:
+
+  .. math::
+      G_{jk} = \frac{1}{HW}\sum_{h,w} F^a_{hwj} F^b_{hwk}
+
+  after average-pooling the larger map onto the smaller one (RepDistiller)."""
+  a, b = match_spatial("FSP", _f32(feat_a), _f32(feat_b))
+  bsz, h, w = a.shape[:3]
+  return jnp.einsum("bxj,bxk->bjk", a.reshape(bsz, h * w, -1), b.reshape(bsz, h * w, -1)) / (h * w)
+
+
+def fsp_loss(student_feats, teacher_feats) -> Array:
+  r"""FSP (Yim et al., CVPR 2017), per example: for each consecutive pair of layers
+  ``(l, l+1)`` the mean squared difference of the student's and the teacher's FSP
+  matrices (:func:`fsp_matrix`), summed over the pairs:
+
+  .. math::
+      L_i = \sum_l \frac{1}{C_l C_{l+1}}\big\|G(F^s_l, F^s_{l+1})_i - G(F^t_l, F^t_{l+1})_i\big\|_F^2
+
+  (RepDistiller's ``FSP.compute_loss`` is the batch mean of each term). The
+  student and the teacher need equal channel counts at every layer.
+  """
+  student_feats, teacher_feats = list(student_feats), list(teacher_feats)
+  if len(student_feats) != len(teacher_feats) or len(student_feats) < 2:
+    raise ValueError(f"FSP needs the same number (at least 2) of student and teacher layers, got "
+                     f"{len(student_feats)} and {len(teacher_feats)}")
+  for i, (s, t) in enumerate(zip(student_feats, teacher_feats)):
+    if s.ndim != 4 or t.ndim != 4:
+      raise ValueError(f"FSP needs NHWC feature maps, got shapes {s.shape} and {t.shape} at layer {i}")
+    if s.shape[-1] != t.shape[-1]:
+      raise ValueError(f"FSP needs equal channel counts: layer {i} has {s.shape[-1]} student and "
+                       f"{t.shape[-1]} teacher channels")
+  total = 0.0
+  for l in range(len(student_feats) - 1):
+    g_s = fsp_matrix(student_feats[l], student_feats[l + 1])
+    g_t = jax.lax.stop_gradient(fsp_matrix(teacher_feats[l], teacher_feats[l + 1]))
+    total = total + jnp.mean((g_s - g_t) ** 2, axis=(1, 2))
+  return total

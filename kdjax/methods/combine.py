@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import jax
 
-from kdjax.methods.base import Method, as_method, call_method, init_method
+from kdjax.methods.base import Method, as_method, call_method
 
 
 def combine(parts: dict[str, tuple[float, Method]]) -> Method:
@@ -26,12 +26,12 @@ def combine(parts: dict[str, tuple[float, Method]]) -> Method:
       raise ValueError(f"combine: the weight of {name!r} must be >= 0, got {part[0]}")
 
   def init(key, student_shapes, teacher_shapes):
-    return {name: init_method(m, jax.random.fold_in(key, i), student_shapes, teacher_shapes, 0)[0]
+    return {name: m.init(jax.random.fold_in(key, i), student_shapes, teacher_shapes) if hasattr(m, "init") else {}
             for i, (name, (_, m)) in enumerate(parts.items())}
 
   def init_state(key, student_shapes, teacher_shapes, num_examples):
-    return {name: init_method(m, jax.random.fold_in(key, i), student_shapes, teacher_shapes, num_examples)[1]
-            for i, (name, (_, m)) in enumerate(parts.items())}
+    return {name: m.init_state(jax.random.fold_in(key, i), student_shapes, teacher_shapes, num_examples)
+            if hasattr(m, "init_state") else {} for i, (name, (_, m)) in enumerate(parts.items())}
 
   def method(student_logits, student_feats, teacher, batch, params):
     total, terms, new_state = 0.0, {}, {}

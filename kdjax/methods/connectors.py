@@ -7,8 +7,25 @@ parts only run while training, so no running averages are kept.
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
+
+
+def normal_draws(key: jax.Array, shapes, stddevs) -> list[jax.Array]:
+  """Independent zero-mean normal arrays of the given ``shapes`` and standard deviations, cut
+  from one draw of their total size. On a CPU every distinct ``jax.random.normal`` shape
+  compiles its own generator (about a second each); one draw compiles one, so a part with
+  many kernels (FT's paraphraser and translator) starts in a fraction of the time."""
+  shapes = [tuple(s) for s in shapes]
+  sizes = [math.prod(s) for s in shapes]
+  flat = jax.random.normal(key, (sum(sizes),), jnp.float32)
+  out, start = [], 0
+  for shape, size, std in zip(shapes, sizes, stddevs):
+    out.append(flat[start:start + size].reshape(shape) * std)
+    start += size
+  return out
 
 
 def dense_init(key: jax.Array, d_in: int, d_out: int) -> dict[str, jax.Array]:
@@ -18,8 +35,10 @@ def dense_init(key: jax.Array, d_in: int, d_out: int) -> dict[str, jax.Array]:
 
 
 def dense(params, x: jax.Array) -> jax.Array:
-  """``x @ kernel + bias`` over the last axis (a 1x1 convolution on NHWC maps)."""
-  return x.astype(jnp.float32) @ params["kernel"] + params["bias"]
+  """``x @ kernel + bias`` over the last axis (a 1x1 convolution on NHWC maps); no bias
+  where ``params`` has none."""
+  y = x.astype(jnp.float32) @ params["kernel"]
+  return y + params["bias"] if "bias" in params else y
 
 
 def conv_init(key: jax.Array, c_in: int, c_out: int, kernel: int | tuple[int, int] = 3, *,

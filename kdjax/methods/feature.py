@@ -3,15 +3,19 @@ the learnable parts some of them train with the student."""
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
+import jax.numpy as jnp
 
-from kdjax.losses import (attention_transfer_loss, l2_normalize, correlation_congruence_loss, hard_cross_entropy, hint_loss,
-                          nst_loss, pkt_loss, rkd_loss, similarity_preserving_loss)
+from kdjax.losses import (activation_boundary_loss, attention_transfer_loss, correlation_congruence_loss,
+                          factor_transfer_loss, fsp_loss, hard_cross_entropy, hint_loss, l2_normalize, nst_loss,
+                          pkt_loss, rkd_loss, similarity_preserving_loss, vid_loss)
+from kdjax.losses.feature import common_spatial_size, match_spatial
 from kdjax.methods.base import Method, as_method, pick_feature
 from kdjax.methods.connectors import (batch_norm, batch_norm_init, conv, conv_init, conv_transpose, dense,
-                                       dense_init)
+                                       dense_init, normal_draws)
 
 
 def _layers(term: str, layers) -> tuple[str, ...]:
@@ -77,9 +81,11 @@ def correlation_congruence(*, layers=("pre_logits",), weight: float = 0.02, embe
   :func:`kdjax.losses.correlation_congruence_loss`. ``embed_dim=None`` drops the
   embeddings; the features must then have equal sizes."""
   layers = _layers("cc", layers)
-  loss = _feature_method("cc", correlation_congruence_loss, layers=layers, weight=weight, ce_weight=ce_weight)
   if embed_dim is None:
-    return loss
+    return _feature_method("cc", correlation_congruence_loss, layers=layers, weight=weight, ce_weight=ce_weight)
+  # The teacher-side embedding is learnable, so the gradient must reach it.
+  loss = _feature_method("cc", functools.partial(correlation_congruence_loss, teacher_grad=True), layers=layers,
+                         weight=weight, ce_weight=ce_weight)
 
   def init(key, student_shapes, teacher_shapes):
     params = {}
@@ -124,7 +130,8 @@ def _regressor_init(key, s, t, name: str, s_layer: str, t_layer: str):
   return {kind: conv_init(key, sc, tc, kernel), "bn": batch_norm_init(tc)}
 
 
-def _regress(params, x):
+def _regress(params, x, *, relu: bool = True):
+  """``ConvReg`` forward; ``relu=False`` is its ``use_relu=False`` (AB's connector)."""
   if "dense" in params:
     return dense(params["dense"], x)
   if "down" in params:
@@ -133,7 +140,8 @@ def _regress(params, x):
     y = conv_transpose(params["up"], x, stride=2, padding=1)
   else:
     y = conv(params["valid"], x, padding="VALID")
-  return jax.nn.relu(batch_norm(params["bn"], y))
+  y = batch_norm(params["bn"], y)
+  return jax.nn.relu(y) if relu else y
 
 
 def fitnet(*, student_layer: str = "block2", teacher_layer: str = "block2", weight: float = 100.0,
@@ -164,5 +172,306 @@ def fitnet(*, student_layer: str = "block2", teacher_layer: str = "block2", weig
   return as_method(method, needs_teacher=True)
 
 
+def _pair(name: str, layer: str, student_shapes, teacher_shapes, *, maps_only: bool = False, pooled: bool = True):
+  """The student's and the teacher's shapes at ``layer``: both NHWC maps (whose spatial sizes
+  average pooling can match, if ``pooled``), or (unless ``maps_only``) both vectors; else a
+  clear error."""
+  s, t = pick_feature(student_shapes, layer, "student"), pick_feature(teacher_shapes, layer, "teacher")
+  both_maps = len(s.shape) == 4 and len(t.shape) == 4
+  both_vectors = len(s.shape) == 2 and len(t.shape) == 2
+  if maps_only and not both_maps:
+    raise ValueError(f"{name} needs NHWC feature maps: student {layer} is {tuple(s.shape[1:])}, teacher {layer} "
+                     f"is {tuple(t.shape[1:])}")
+  if not (both_maps or both_vectors):
+    raise ValueError(f"{name}: student {layer} {tuple(s.shape[1:])} and teacher {layer} {tuple(t.shape[1:])} "
+                     f"must both be NHWC maps or both vectors")
+  if both_maps and pooled:
+    common_spatial_size(f"{name} at {layer}", s.shape, t.shape)
+  return s, t
+
+
+def _jitted_init(init):
+  """``init`` traced as one program: eager draws compile one kernel per parameter shape, which
+  dominates a small run's start on a CPU. Shape errors still raise while tracing."""
+
+  def wrapped(key, student_shapes, teacher_shapes):
+    return jax.jit(lambda k: init(k, student_shapes, teacher_shapes))(key)
+
+  return wrapped
+
+
+def _check_init_steps(name: str, init_steps: int) -> int:
+  if int(init_steps) != init_steps or init_steps < 0:
+    raise ValueError(f"{name}: init_steps must be a non-negative integer, got {init_steps}")
+  return int(init_steps)
+
+
+def _staged(ce, term, batch, *, init_steps: int, weight: float, ce_weight: float):
+  """``ce_weight·CE + weight·term`` (``init_steps = 0``), or RepDistiller's two stages in one
+  run: ``weight·term`` while ``step < init_steps``, then ``ce_weight·CE`` alone."""
+  if not init_steps:
+    return ce_weight * ce + weight * term
+  return jnp.where(batch["step"] < init_steps, weight * term, ce_weight * ce)
+
+
+def vid(*, layers=("block1", "block2"), weight: float = 1.0, init_pred_var: float = 5.0, eps: float = 1e-5,
+        ce_weight: float = 1.0) -> Method:
+  r"""Variational information distillation (VID, Ahn et al., CVPR 2019), as RepDistiller's
+  ``distiller_zoo/VID.py`` (from the authors' code):
+
+  .. math::
+      L = \mathrm{ce\_weight}\cdot CE + \mathrm{weight}\cdot\sum_{l}
+          \operatorname{mean}\tfrac12\Big(\frac{(\mu_l(F^s_l) - F^t_l)^2}{\sigma_l^2} + \log\sigma_l^2\Big)
+
+  (:func:`kdjax.losses.vid_loss`). Per layer, the mean ``μ`` is a regressor
+  conv1x1(C_s→C_t)–ReLU–conv1x1(C_t→C_t)–ReLU–conv1x1(C_t→C_t), without biases,
+  and the variance ``σ² = softplus(log_scale) + eps`` a learnable per-channel
+  vector initialized to ``init_pred_var`` (5, eps 1e-5); both train with the
+  student. Where the spatial sizes differ, the larger map is average-pooled onto
+  the smaller (integer ratios only); on vectors the 1x1 convolutions are linear
+  maps. Defaults are RepDistiller's: every intermediate block, β=1. Logs ``ce``
+  and ``vid``.
+  """
+  layers = _layers("vid", layers)
+  if not init_pred_var > eps:
+    raise ValueError(f"VID: init_pred_var must exceed eps={eps}, got {init_pred_var}")
+
+  def init(key, student_shapes, teacher_shapes):
+    pairs = [_pair("VID", layer, student_shapes, teacher_shapes) for layer in layers]  # all checked first
+    convs = [(i, o) for s, t in pairs for i, o in ((s.shape[-1], t.shape[-1]), (t.shape[-1],) * 2, (t.shape[-1],) * 2)]
+    # LeCun-normal kernels, as dense_init draws them, from one draw.
+    kernels = normal_draws(key, convs, [1.0 / math.sqrt(i) for i, _ in convs])
+    params = {}
+    for n, (layer, (_, t)) in enumerate(zip(layers, pairs)):
+      params[layer] = {
+          "regressor": {f"conv{j + 1}": {"kernel": kernels[3 * n + j]} for j in range(3)},  # bias-free, as RepDistiller
+          # softplus(log_scale) + eps = init_pred_var, as RepDistiller's log(exp(v - eps) - 1).
+          "log_scale": jnp.full((t.shape[-1],), math.log(math.expm1(init_pred_var - eps)), jnp.float32)}
+    return params
+
+  def method(student_logits, student_feats, teacher, batch, params):
+    ce = hard_cross_entropy(student_logits, batch["label"])
+    total = 0.0
+    for layer in layers:
+      s, t = pick_feature(student_feats, layer, "student"), pick_feature(teacher[1], layer, "teacher")
+      if s.ndim == 4 and t.ndim == 4:
+        s, t = match_spatial(f"VID at {layer}", s, t)
+      p = params[layer]
+      r = p["regressor"]
+      mean = dense(r["conv3"], jax.nn.relu(dense(r["conv2"], jax.nn.relu(dense(r["conv1"], s)))))
+      total = total + vid_loss(mean, t, jax.nn.softplus(p["log_scale"]) + eps)
+    return ce_weight * ce + weight * total, {"ce": ce, "vid": total}
+
+  method.init = _jitted_init(init)
+  return as_method(method, needs_teacher=True)
+
+
+def _leaky(x):
+  return jax.nn.leaky_relu(x, 0.1)
+
+
+def _ft_convs(c_t: int, k: int, c_s: int) -> list[tuple[int, int]]:
+  """``(c_in, c_out)`` of FT's nine 3x3 convolutions at one layer: RepDistiller's
+  ``Paraphraser(use_bn=False)`` encoder C_t→C_t→k→k and decoder (stride-1 transposed
+  convolutions) k→k→C_t→C_t, each followed by LeakyReLU(0.1), then its
+  ``Translator(use_bn=True)`` C_s→C_s→k→k, each followed by batch norm and LeakyReLU(0.1)."""
+  return [(c_t, c_t), (c_t, k), (k, k), (k, k), (k, c_t), (c_t, c_t), (c_s, c_s), (c_s, k), (k, k)]
+
+
+def _ft_parts(kernels):
+  """The paraphraser and translator of one layer from its nine kernels. The translator's
+  convolutions have no bias: batch norm removes it (torch's default biases there never
+  receive a gradient)."""
+  with_bias = lambda w: {"kernel": w, "bias": jnp.zeros((w.shape[-1],), jnp.float32)}
+  return {"paraphraser": {"encoder": [with_bias(w) for w in kernels[0:3]],
+                          "decoder": [with_bias(w) for w in kernels[3:6]]},
+          "translator": {"encoder": [{"kernel": w} for w in kernels[6:9]],
+                         "bn": [batch_norm_init(w.shape[-1]) for w in kernels[6:9]]}}
+
+
+def _encode(params, x):
+  for i, p in enumerate(params["encoder"]):
+    x = conv(p, x, padding=1)
+    if "bn" in params:
+      x = batch_norm(params["bn"][i], x)
+    x = _leaky(x)
+  return x
+
+
+def _decode(params, x):
+  for p in params["decoder"]:
+    x = _leaky(conv_transpose(p, x, stride=1, padding=1))
+  return x
+
+
+def factor_transfer(*, layers=("block2",), weight: float = 200.0, rate: float = 0.5, p: int | None = 2,
+                    recon_weight: float = 1.0, ce_weight: float = 1.0) -> Method:
+  r"""Factor transfer (FT, Kim et al., NeurIPS 2018), as RepDistiller's
+  ``distiller_zoo/FT.py`` with ``models/util.py``'s ``Paraphraser`` and ``Translator``:
+
+  .. math::
+      L = \mathrm{ce\_weight}\cdot CE + \mathrm{weight}\cdot\sum_l
+          \operatorname{mean}\big|\hat x(T_l(F^s_l)) - \hat x(\mathrm{sg}[P_l(F^t_l)])\big|
+        + \mathrm{recon\_weight}\cdot\sum_l \operatorname{MSE}(D_l(P_l(F^t_l)), F^t_l)
+
+  with ``x̂`` the L2-normalized factor of :func:`kdjax.losses.factor_transfer_loss`
+  (RepDistiller's: the channel mean of the squared factor, ``p=2``; ``p=None``
+  is the paper's normalized ``vec(F)``), ``P``/``D`` the teacher-side
+  paraphraser's encoder (to ``rate·C_t`` channels, k=0.5) and decoder, ``T`` the
+  student-side translator, and ``sg`` a stopped gradient. Defaults: RepDistiller's
+  β=200 on the last block.
+
+  RepDistiller trains the paraphraser to reconstruct the teacher's features in a
+  separate 30-epoch init stage, then freezes it. kdjax has one stage, so here the
+  paraphraser trains jointly with the student on its own reconstruction loss
+  (logged as ``ft_recon``), while the teacher's factor is under a stopped gradient
+  in the FT term (logged as ``ft``): the paraphraser only learns to reconstruct,
+  and the student and translator chase its (moving) factor from the first step.
+  Needs NHWC maps; their spatial sizes may differ by an integer ratio (the larger
+  factor is average-pooled onto the smaller).
+  """
+  layers = _layers("ft", layers)
+  if not 0 < rate <= 1:
+    raise ValueError(f"FT: rate must be in (0, 1], got {rate}")
+
+  def init(key, student_shapes, teacher_shapes):
+    pairs = [_pair("FT", layer, student_shapes, teacher_shapes, maps_only=True) for layer in layers]
+    convs = []
+    for layer, (s, t) in zip(layers, pairs):
+      k = int(t.shape[-1] * rate)
+      if k < 1:
+        raise ValueError(f"FT: rate={rate} leaves no factor channels for the teacher's {t.shape[-1]}-channel {layer}")
+      convs += _ft_convs(t.shape[-1], k, s.shape[-1])
+    # He-normal 3x3 kernels, as conv_init draws them, from one draw.
+    kernels = normal_draws(key, [(3, 3, i, o) for i, o in convs], [math.sqrt(2.0 / (9 * i)) for i, _ in convs])
+    return {layer: _ft_parts(kernels[9 * n:9 * n + 9]) for n, layer in enumerate(layers)}
+
+  def method(student_logits, student_feats, teacher, batch, params):
+    ce = hard_cross_entropy(student_logits, batch["label"])
+    ft, recon = 0.0, 0.0
+    for layer in layers:
+      s, t = pick_feature(student_feats, layer, "student"), pick_feature(teacher[1], layer, "teacher")
+      parts = params[layer]
+      t_factor = _encode(parts["paraphraser"], t)
+      recon = recon + hint_loss(_decode(parts["paraphraser"], t_factor), t)
+      ft = ft + factor_transfer_loss(_encode(parts["translator"], s), t_factor, p)  # stops t_factor's gradient
+    return ce_weight * ce + weight * ft + recon_weight * recon, {"ce": ce, "ft": ft, "ft_recon": recon}
+
+  method.init = _jitted_init(init)
+  return as_method(method, needs_teacher=True)
+
+
+def activation_boundary(*, layers=("block1", "block2"), weight: float = 1.0, margin: float = 1.0,
+                        init_steps: int = 0, ce_weight: float = 1.0) -> Method:
+  r"""Activation-boundary transfer (AB, Heo et al., AAAI 2019), as RepDistiller's
+  ``distiller_zoo/AB.py`` with ``models/util.py``'s ``Connector``:
+
+  .. math::
+      \mathrm{AB} = \frac{3}{1000}\sum_{l=1}^{n} 2^{\,l-n}\sum
+          (c_l(s_l) + m)^2\,\mathbb 1[c_l(s_l) > -m \wedge t_l \le 0]
+        + (c_l(s_l) - m)^2\,\mathbb 1[c_l(s_l) \le m \wedge t_l > 0]
+
+  per example (:func:`kdjax.losses.activation_boundary_loss`; the batch mean gives
+  RepDistiller's ``/ bsz``), margin ``m = 1``; the last layer weighs 1, each
+  earlier one half the next. The connector ``c_l`` is the identity where the
+  shapes already match, else ``ConvReg`` without its ReLU (a 1x1 convolution and
+  batch norm at equal spatial sizes, a stride-2 (transposed) convolution and
+  batch norm across a factor 2); on vectors a linear map. It trains with the
+  student.
+
+  RepDistiller uses AB only in a 30-epoch init stage (and then CE alone, its β=1
+  unused). ``init_steps`` chooses: 0 (the default) trains jointly,
+  ``ce_weight·CE + weight·AB``; N > 0 reproduces the two stages in one run:
+  ``weight·AB`` alone for the first N steps (by ``batch["step"]``), then
+  ``ce_weight·CE`` alone (pass 30 × steps per epoch for RepDistiller's). Logs
+  ``ce`` and ``ab`` either way.
+
+  RepDistiller compares pre-activations (``preact=True``); kdjax models expose
+  post-ReLU features. The teacher's side of each boundary (``t > 0``) is the same
+  for both, the student's connected value is a pre-activation either way.
+  """
+  layers = _layers("ab", layers)
+  init_steps = _check_init_steps("AB", init_steps)
+  n = len(layers)
+
+  def init(key, student_shapes, teacher_shapes):
+    pairs = [_pair("AB", layer, student_shapes, teacher_shapes, pooled=False) for layer in layers]
+    params = {}
+    for i, (layer, (s, t)) in enumerate(zip(layers, pairs)):
+      same = tuple(s.shape[1:]) == tuple(t.shape[1:])
+      params[layer] = {} if same else _regressor_init(jax.random.fold_in(key, i), s, t, "AB", layer, layer)
+    return params
+
+  def method(student_logits, student_feats, teacher, batch, params):
+    ce = hard_cross_entropy(student_logits, batch["label"])
+    ab = 0.0
+    for i, layer in enumerate(layers):
+      s, t = pick_feature(student_feats, layer, "student"), pick_feature(teacher[1], layer, "teacher")
+      connected = _regress(params[layer], s, relu=False) if params[layer] else s
+      ab = ab + 2.0 ** (i + 1 - n) * activation_boundary_loss(connected, t, margin)
+    ab = ab * (3.0 / 1000.0)
+    loss = _staged(ce, ab, batch, init_steps=init_steps, weight=weight, ce_weight=ce_weight)
+    return loss, {"ce": ce, "ab": ab}
+
+  method.init = _jitted_init(init)
+  return as_method(method, needs_teacher=True)
+
+
+def _check_fsp_shapes(layers, student, teacher) -> None:
+  """Maps at every layer, and equal student and teacher channel counts (any dict of arrays or
+  shapes)."""
+  bad = []
+  for layer in layers:
+    s, t = _pair("FSP", layer, student, teacher, maps_only=True)
+    if s.shape[-1] != t.shape[-1]:
+      bad.append(f"{layer} has {s.shape[-1]} (student) vs {t.shape[-1]} (teacher)")
+  if bad:
+    raise ValueError("FSP needs equal student and teacher channel counts at every layer: " + "; ".join(bad)
+                     + " (pick layers whose widths match, or another distillation method)")
+  for who, shapes in (("student", student), ("teacher", teacher)):
+    for a, b in zip(layers, layers[1:]):
+      common_spatial_size(f"FSP between the {who}'s {a} and {b}", shapes[a].shape, shapes[b].shape)
+
+
+def fsp(*, layers=("block1", "block2"), weight: float = 50.0, init_steps: int = 0, ce_weight: float = 1.0) -> Method:
+  r"""Flow of solution procedure (FSP, Yim et al., CVPR 2017), as RepDistiller's
+  ``distiller_zoo/FSP.py``:
+
+  .. math::
+      \mathrm{FSP} = \sum_{l} \operatorname{mean}_{jk}\big(G(F^s_l, F^s_{l+1}) - G(F^t_l, F^t_{l+1})\big)_{jk}^2,
+      \quad G(F_1, F_2) = \frac{F_1^\top F_2}{HW}
+
+  over consecutive pairs of ``layers`` (:func:`kdjax.losses.fsp_loss`), the larger
+  map of a pair average-pooled onto the smaller. Needs at least two layers, all
+  NHWC maps, with equal student and teacher channel counts at each (a
+  ``ValueError`` names the layers that differ, at ``init``). No learnable parts.
+
+  RepDistiller uses FSP only in a 30-epoch init stage (and then CE alone, its β=50
+  unused); ``init_steps`` chooses as in :func:`activation_boundary`: 0 (default)
+  trains jointly, ``ce_weight·CE + weight·FSP`` with ``weight=50``; N > 0 is
+  ``weight·FSP`` alone for the first N steps, then ``ce_weight·CE`` alone. Logs
+  ``ce`` and ``fsp``.
+  """
+  layers = _layers("fsp", layers)
+  if len(layers) < 2:
+    raise ValueError(f"FSP needs at least two layers (it relates consecutive ones), got {layers}")
+  init_steps = _check_init_steps("FSP", init_steps)
+
+  def init(key, student_shapes, teacher_shapes):
+    _check_fsp_shapes(layers, student_shapes, teacher_shapes)
+    return {}
+
+  def method(student_logits, student_feats, teacher, batch, params):
+    _check_fsp_shapes(layers, student_feats, teacher[1])
+    ce = hard_cross_entropy(student_logits, batch["label"])
+    term = fsp_loss([student_feats[l] for l in layers], [teacher[1][l] for l in layers])
+    loss = _staged(ce, term, batch, init_steps=init_steps, weight=weight, ce_weight=ce_weight)
+    return loss, {"ce": ce, "fsp": term}
+
+  method.init = init
+  return as_method(method, needs_teacher=True)
+
+
 METHODS = {"at": attention, "nst": nst, "sp": similarity_preserving, "rkd": rkd, "pkt": pkt,
-           "cc": correlation_congruence, "fitnet": fitnet}
+           "cc": correlation_congruence, "fitnet": fitnet, "vid": vid, "ft": factor_transfer,
+           "ab": activation_boundary, "fsp": fsp}

@@ -3,13 +3,15 @@
 from kdjax.models.cnn import SmallCNN
 from kdjax.models.functional import apply_model, feature_shapes, split_model
 from kdjax.models.mlp import MLP
-from kdjax.models.registry import ModelSpec, create_model, get_model_spec, model_names, register_model
+from kdjax.models.registry import (ModelSpec, check_input_shape, create_model, get_model_spec, model_names,
+                                   register_model)
 
 __all__ = [
     "MLP",
     "ModelSpec",
     "SmallCNN",
     "apply_model",
+    "check_input_shape",
     "create_model",
     "feature_shapes",
     "get_model_spec",

@@ -21,7 +21,7 @@ def apply_model(graphdef, params, rest, x: jax.Array, *, train: bool, rngs: jax.
   ``new_rest`` is the non-parameter state after the call (batch statistics in
   training mode); models without such state return it unchanged.
   """
-  model = nnx.merge(graphdef, params, rest)
+  model = nnx.merge(graphdef, params, rest, copy=True)  # never mutates the caller's ``rest``, even outside jit
   logits, feats = model(x, train=train, rngs=rngs)
   _, _, new_rest = nnx.split(model, nnx.Param, ...)
   return logits, feats, new_rest

@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 
 from flax import nnx
 
+from kdjax.models import cifar, resnet
 from kdjax.models.cnn import SmallCNN
 from kdjax.models.mlp import MLP
 
@@ -22,6 +23,10 @@ class ModelSpec:
   build: Callable[..., nnx.Module]  # build(input_shape, num_classes, rngs=..., **options) -> module
   input_shape: tuple[int, ...]  # the image shape (H, W, C) the model is designed for
   description: str
+  family: str  # "mlp", "cnn", "resnet", "wrn", "vgg", "mobilenet", "shufflenet", "resnet_imagenet"
+  # None: the model takes images of ``input_shape`` only. An int: the model is fully
+  # convolutional with global pooling and takes any (H, W, C) whose H and W it divides.
+  total_stride: int | None = None
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
@@ -54,19 +59,36 @@ def check_model_options(name: str, options: dict) -> None:
                      f"{', '.join(sorted(accepted)) or 'none'}")
 
 
+def check_input_shape(spec: ModelSpec, input_shape: Sequence[int]) -> None:
+  """Fails unless model ``spec`` can take images of ``input_shape`` (H, W, C)."""
+  input_shape = tuple(int(d) for d in input_shape)
+  if spec.total_stride is None:
+    if input_shape != spec.input_shape:
+      raise ValueError(
+          f"model {spec.name!r} expects images of shape {spec.input_shape} (H, W, C), "
+          f"but the data has images of shape {input_shape}")
+    return
+  s = spec.total_stride
+  if len(input_shape) != 3 or min(input_shape) < 1 or input_shape[0] % s or input_shape[1] % s:
+    raise ValueError(
+        f"model {spec.name!r} needs images of shape (H, W, C) with H and W multiples of its total "
+        f"stride {s} (it is designed for {spec.input_shape}), but the data has images of shape {input_shape}")
+
+
 def create_model(name: str, *, num_classes: int, input_shape: Sequence[int], seed: int = 0,
                  **options) -> nnx.Module:
   """Builds registered model ``name`` for images of ``input_shape`` (H, W, C).
+
+  MLPs and the small CNNs take only their designed ``spec.input_shape``; the
+  fully convolutional zoo (``spec.total_stride`` set) takes any channel count and
+  any H, W that are multiples of its total stride.
 
   ``options`` override the model's defaults (e.g. ``dropout_rate=0.2``); an
   option the model does not have is an error.
   """
   spec = get_model_spec(name)
   input_shape = tuple(int(d) for d in input_shape)
-  if input_shape != spec.input_shape:
-    raise ValueError(
-        f"model {name!r} expects images of shape {spec.input_shape} (H, W, C), "
-        f"but the data has images of shape {input_shape}")
+  check_input_shape(spec, input_shape)
   if num_classes < 2:
     raise ValueError(f"num_classes must be at least 2, got {num_classes}")
   check_model_options(name, options)
@@ -91,12 +113,101 @@ def _cnn(width, default_dropout):
 
 register_model(ModelSpec(
     "mlp1200", _mlp_teacher, (28, 28, 1),
-    "Hinton et al. 2015 MNIST teacher: 784-1200-1200-10, dropout 0.2 (input) / 0.5 (hidden) by default"))
+    "Hinton et al. 2015 MNIST teacher: 784-1200-1200-10, dropout 0.2 (input) / 0.5 (hidden) by default",
+    family="mlp"))
 register_model(ModelSpec(
-    "mlp800", _mlp_student, (28, 28, 1), "Hinton et al. 2015 MNIST student: 784-800-800-10, no dropout"))
+    "mlp800", _mlp_student, (28, 28, 1), "Hinton et al. 2015 MNIST student: 784-800-800-10, no dropout",
+    family="mlp"))
 register_model(ModelSpec(
     "cnn64", _cnn(64, 0.5), (32, 32, 3),
-    "small CNN teacher for 32x32 colour images: conv3x3 64/128 + pooling + dense 256, dropout 0.5"))
+    "small CNN teacher for 32x32 colour images: conv3x3 64/128 + pooling + dense 256, dropout 0.5",
+    family="cnn"))
 register_model(ModelSpec(
     "cnn16", _cnn(16, 0.0), (32, 32, 3),
-    "small CNN student for 32x32 colour images: conv3x3 16/32 + pooling + dense 256"))
+    "small CNN student for 32x32 colour images: conv3x3 16/32 + pooling + dense 256",
+    family="cnn"))
+
+
+# The CIFAR zoo of RepDistiller (Tian et al. 2020) and torchvision's ImageNet ResNets; see
+# kdjax/models/cifar.py and kdjax/models/resnet.py for the architectures and feature taps.
+_CIFAR = (32, 32, 3)
+
+
+def _cifar_resnet(depth, filters):
+  def build(input_shape, num_classes, *, rngs):
+    return cifar.CifarResNet(depth, filters, num_classes, in_channels=input_shape[-1], rngs=rngs)
+  return build
+
+
+def _wrn(depth, widen):
+  def build(input_shape, num_classes, *, rngs, dropout_rate=0.0):
+    return cifar.WideResNet(depth, widen, num_classes, dropout_rate=dropout_rate, in_channels=input_shape[-1],
+                            rngs=rngs)
+  return build
+
+
+def _vgg(cfg):
+  def build(input_shape, num_classes, *, rngs):
+    return cifar.VGG(cifar.VGG_CFG[cfg], num_classes, in_channels=input_shape[-1], rngs=rngs)
+  return build
+
+
+def _mobilenetv2(input_shape, num_classes, *, rngs, width_mult=0.5, expansion=6):
+  return cifar.MobileNetV2(num_classes, expansion=expansion, width_mult=width_mult, in_channels=input_shape[-1],
+                           rngs=rngs)
+
+
+def _shufflev1(input_shape, num_classes, *, rngs):
+  return cifar.ShuffleNetV1(num_classes, in_channels=input_shape[-1], rngs=rngs)
+
+
+def _shufflev2(input_shape, num_classes, *, rngs):
+  return cifar.ShuffleNetV2(num_classes, in_channels=input_shape[-1], rngs=rngs)
+
+
+def _imagenet_resnet(fn):
+  def build(input_shape, num_classes, *, rngs):
+    return fn(num_classes, in_channels=input_shape[-1], rngs=rngs)
+  return build
+
+
+for _depth in (8, 14, 20, 32, 44, 56, 110):
+  register_model(ModelSpec(
+      f"resnet{_depth}", _cifar_resnet(_depth, (16, 16, 32, 64)), _CIFAR,
+      f"He et al. 2016 CIFAR ResNet-{_depth} (RepDistiller): BasicBlocks, filters 16/16/32/64",
+      family="resnet", total_stride=cifar.TOTAL_STRIDE["resnet"]))
+for _depth in (8, 32):
+  register_model(ModelSpec(
+      f"resnet{_depth}x4", _cifar_resnet(_depth, (32, 64, 128, 256)), _CIFAR,
+      f"He et al. 2016 CIFAR ResNet-{_depth}, 4x wider (RepDistiller): BasicBlocks, filters 32/64/128/256",
+      family="resnet", total_stride=cifar.TOTAL_STRIDE["resnet"]))
+for _depth, _widen in ((16, 2), (40, 1), (40, 2)):
+  register_model(ModelSpec(
+      f"wrn_{_depth}_{_widen}", _wrn(_depth, _widen), _CIFAR,
+      f"Zagoruyko & Komodakis 2016 wide ResNet WRN-{_depth}-{_widen} (RepDistiller), dropout 0 by default",
+      family="wrn", total_stride=cifar.TOTAL_STRIDE["wrn"]))
+register_model(ModelSpec(
+    "vgg8", _vgg("S"), _CIFAR,
+    "Simonyan & Zisserman 2015 VGG-8 with BN (RepDistiller cfg 'S'): conv 64/128/256/512/512, one linear layer",
+    family="vgg", total_stride=cifar.TOTAL_STRIDE["vgg"]))
+register_model(ModelSpec(
+    "vgg13", _vgg("B"), _CIFAR,
+    "Simonyan & Zisserman 2015 VGG-13 with BN (RepDistiller cfg 'B'): 2x conv 64/128/256/512/512, one linear layer",
+    family="vgg", total_stride=cifar.TOTAL_STRIDE["vgg"]))
+register_model(ModelSpec(
+    "mobilenetv2", _mobilenetv2, _CIFAR,
+    "Sandler et al. 2018 MobileNetV2 for CIFAR (RepDistiller's mobile_half): width 0.5, expansion 6",
+    family="mobilenet", total_stride=cifar.TOTAL_STRIDE["mobilenet"]))
+register_model(ModelSpec(
+    "shufflev1", _shufflev1, _CIFAR,
+    "Zhang et al. 2018 ShuffleNet v1 for CIFAR (RepDistiller): groups 3, widths 240/480/960, blocks 4/8/4",
+    family="shufflenet", total_stride=cifar.TOTAL_STRIDE["shufflenet"]))
+register_model(ModelSpec(
+    "shufflev2", _shufflev2, _CIFAR,
+    "Ma et al. 2018 ShuffleNet v2 for CIFAR (RepDistiller, net size 1): widths 116/232/464/1024, blocks 3/7/3",
+    family="shufflenet", total_stride=cifar.TOTAL_STRIDE["shufflenet"]))
+for _name, _fn in (("resnet18", resnet.resnet18), ("resnet34", resnet.resnet34), ("resnet50", resnet.resnet50)):
+  register_model(ModelSpec(
+      _name, _imagenet_resnet(_fn), (224, 224, 3),
+      f"He et al. 2016 ImageNet {_name.replace('resnet', 'ResNet-')} (torchvision): 7x7/2 stem, 3x3/2 max-pool, "
+      "4 stages", family="resnet_imagenet", total_stride=resnet.TOTAL_STRIDE))

@@ -1,0 +1,97 @@
+"""Every method on every model family: one epoch, one compiled step per family.
+
+Each family's smallest model is distilled from a second, differently seeded
+copy of itself (so every method's shape requirements hold) with all methods at
+once, combined with small weights: one compile per family covers every method,
+and every method's terms must come out finite and logged. Every family is also
+checked on shapes alone (the full step under ``jax.eval_shape``), which is cheap. Cross-architecture
+pairs (connectors bridging channel and spatial sizes) are tested with the
+methods themselves.
+"""
+
+import jax
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from kdjax.data import ArrayDataset
+from kdjax.methods import combine, init_method, make_method, method_names
+from kdjax.models import create_model, feature_shapes, split_model
+from kdjax.models.registry import get_model_spec, model_names
+from kdjax.train import fit, init_train_state, make_eval_step, make_train_step
+
+# The smallest registered model of each family, and the image shape it is smoke-tested on.
+SMALLEST = {"mlp": ("mlp800", (28, 28, 1)), "cnn": ("cnn16", (32, 32, 3)), "resnet": ("resnet8", (32, 32, 3)),
+            "wrn": ("wrn_16_2", (32, 32, 3)), "vgg": ("vgg8", (32, 32, 3)), "mobilenet": ("mobilenetv2", (32, 32, 3)),
+            "shufflenet": ("shufflev1", (32, 32, 3)), "resnet_imagenet": ("resnet18", (32, 32, 3))}
+# Methods that need NHWC feature maps (an MLP has none; the error is tested in test_methods.py).
+NEEDS_MAPS = {"at", "nst", "vid", "ft", "ab", "fsp", "reviewkd"}
+# Small-data settings: CRD's memory bank draws its negatives from the 32 training examples.
+SMOKE_HPARAMS = {"hinton": dict(alpha=0.5, temperature=4.0), "dkd": dict(warmup_steps=2), "crd": dict(nce_k=16), "crd_queue": dict(queue_size=16)}
+
+
+def test_every_family_has_a_smoke_model():
+  families = {get_model_spec(name).family for name in model_names()}
+  assert families == set(SMALLEST)
+  assert all(get_model_spec(name).family == family for family, (name, _) in SMALLEST.items())
+
+
+def _data(shape, n=32):
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 256, (n, *shape), dtype=np.uint8)
+  labels = (np.arange(n) % 10).astype(np.int32)
+  return ArrayDataset("smoke", images, labels, images[:8], labels[:8], 10)
+
+
+def _setup(family, abstract: bool):
+  """Student, teacher (a second seed of the same model), combined method, state and one batch;
+  with ``abstract`` every array is a shape only (``nnx.eval_shape`` / ``jax.eval_shape``)."""
+  model, shape = SMALLEST[family]
+  names = [n for n in method_names() if n != "supervised" and not (family == "mlp" and n in NEEDS_MAPS)]
+  method = combine({n: (1e-3, make_method(n, **SMOKE_HPARAMS.get(n, {}))) for n in names})
+  data = _data(shape)
+  build = lambda seed: create_model(model, num_classes=10, input_shape=shape, seed=seed)
+  t_graphdef, t_params, t_rest = split_model(nnx.eval_shape(lambda: build(1)) if abstract else build(1))
+  graphdef, params, rest = split_model(nnx.eval_shape(lambda: build(0)) if abstract else build(0))
+  tx = optax.sgd(1e-3, momentum=0.9)
+
+  def init(params, rest, t_params, t_rest):
+    method_params, method_state = init_method(
+        method, jax.random.key(2), feature_shapes(graphdef, params, rest, shape),
+        feature_shapes(t_graphdef, t_params, t_rest, shape), len(data.train_labels))
+    return init_train_state(params, rest, tx, jax.random.key(0), method_params, method_state)
+
+  state = (jax.eval_shape if abstract else lambda f, *a: f(*a))(init, params, rest, t_params, t_rest)
+  step = make_train_step(graphdef, tx, method, teacher_graphdef=t_graphdef)
+  return names, data, graphdef, state, step, {"params": t_params, "rest": t_rest}
+
+
+@pytest.mark.parametrize("family", sorted(SMALLEST))
+def test_every_method_fits_every_family(family):
+  """The whole step (both models, every method, gradients, optimizer) traced on shapes only."""
+  names, data, _, state, step, teacher_vars = _setup(family, abstract=True)
+  batch = {"image": data.train_images[:16], "label": data.train_labels[:16], "index": np.arange(16, dtype=np.int32)}
+  new_state, metrics = jax.eval_shape(step, state, teacher_vars, batch)
+  assert jax.tree.structure(new_state) == jax.tree.structure(state)
+  for name in names:
+    assert any(k.startswith(f"{name}/") for k in metrics), f"{name} logged no terms on {SMALLEST[family][0]}"
+  assert all(m.shape == () for m in metrics.values())
+
+
+# The real one-epoch runs: CI runs the CIFAR ResNet and the MLP (maps and vectors); the
+# other families compile for 20-60 s each on a 2-core CPU, so they carry the ``slow`` mark
+# (run them with ``pytest -m slow``); their shapes are checked above on every run.
+@pytest.mark.parametrize("family", [f if f in ("resnet", "mlp") else pytest.param(f, marks=pytest.mark.slow)
+                                    for f in sorted(SMALLEST)])
+def test_every_method_trains_on_every_family_with_one_compiled_step(family):
+  names, data, graphdef, state, step, teacher_vars = _setup(family, abstract=False)
+  result = fit(state, step, make_eval_step(graphdef), data, epochs=1, batch_size=16, teacher_vars=teacher_vars,
+               progress=False)
+  assert step._cache_size() == 1
+  record = result.history[-1]
+  for name in names:
+    terms = [k for k in record if k.startswith(f"train_{name}/")]
+    assert terms, f"{name} logged no terms on {SMALLEST[family][0]}"
+    assert all(np.isfinite(record[k]) for k in terms), {k: record[k] for k in terms}
+  assert np.isfinite(record["train_loss"]) and np.isfinite(record["test_loss"])
