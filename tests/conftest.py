@@ -2,6 +2,9 @@ import os
 
 # Tests run on the CPU, whatever else the machine has.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# Tests check values, not speed: XLA's cheapest compile settings cut the suite's time by a
+# quarter (most of it is compiling). Benchmarks and real runs keep the defaults.
+os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true")
 
 import pytest  # noqa: E402
 from hypothesis import settings  # noqa: E402
