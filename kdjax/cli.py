@@ -35,6 +35,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
   args = _parser().parse_args(argv)
   if args.command == "list":
+    from kdjax.methods import PAPERS, method_names
     from kdjax.models import get_model_spec, model_names
     print("study configs (kdjax distill --config NAME):")
     for name, cfg in sorted(PRESETS.items()):
@@ -42,6 +43,9 @@ def main(argv: list[str] | None = None) -> int:
     print("models:")
     for name in model_names():
       print(f"  {name:20s} {get_model_spec(name).description}")
+    print("methods (kdjax.methods.make_method):")
+    for name in method_names():
+      print(f"  {name:20s} {PAPERS[name]}")
     print("datasets: builtin | idx:PATH | tfds:mnist|fashion_mnist|cifar10|cifar100")
     return 0
 

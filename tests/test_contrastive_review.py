@@ -14,7 +14,7 @@ from numeric import numerical_grad
 
 from kdjax.losses import (contrast_loss, crd_loss, hcl_level_loss, hcl_loss, inbatch_info_nce_loss, info_nce_loss,
                           queue_info_nce_loss)
-from kdjax.losses.review import adaptive_avg_pool2d
+from kdjax.losses import adaptive_avg_pool
 from kdjax.methods import init_method, make_method
 from kdjax.methods.contrastive import init_memory, update_memory
 from kdjax.models import create_model, feature_shapes, split_model
@@ -206,11 +206,11 @@ def test_inbatch_info_nce_properties():
 
 def test_adaptive_avg_pool_is_torchs_including_overlapping_bins():
   x = np.arange(9, dtype=np.float32).reshape(1, 3, 3, 1)
-  out = adaptive_avg_pool2d(x, 2)[0, ..., 0]  # bins rows/cols {0,1} and {1,2}
+  out = adaptive_avg_pool(x, 2)[0, ..., 0]  # bins rows/cols {0,1} and {1,2}
   np.testing.assert_allclose(out, [[(0 + 1 + 3 + 4) / 4, (1 + 2 + 4 + 5) / 4],
                                   [(3 + 4 + 6 + 7) / 4, (4 + 5 + 7 + 8) / 4]])
   y = np.random.default_rng(5).normal(size=(2, 6, 6, 3))
-  np.testing.assert_allclose(adaptive_avg_pool2d(np.float32(y), 4), np_adaptive_pool(y, 4), rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(adaptive_avg_pool(np.float32(y), 4), np_adaptive_pool(y, 4), rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("h", [1, 2, 6, 8])

@@ -40,8 +40,9 @@ FEATURE_METHODS = ["at", "nst", "sp", "rkd", "pkt", "cc", "fitnet", "crd", "crd_
                    "vid", "ft", "ab", "fsp"]
 
 
-def test_every_method_is_covered_here():
-  assert set(method_names()) == {"supervised", *LOGIT_METHODS, *FEATURE_METHODS}
+def test_every_method_is_covered_here_and_names_its_paper():
+  from kdjax.methods import PAPERS
+  assert set(method_names()) == {"supervised", *LOGIT_METHODS, *FEATURE_METHODS} == set(PAPERS)
 
 
 # Standardization is one shared code path: two methods check it with the rest.

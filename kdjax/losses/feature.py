@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Array = jax.Array
 
@@ -206,14 +207,23 @@ def nst_loss(student_feat: Array, teacher_feat: Array) -> Array:
   return kernel_mean(t, t) + kernel_mean(s, s) - 2.0 * kernel_mean(s, t)
 
 
-def adaptive_avg_pool(x: Array, size: tuple[int, int]) -> Array:
-  """torch's ``adaptive_avg_pool2d`` on NHWC maps, for output sizes that divide the input's
-  (the only case RepDistiller's CIFAR networks meet): the mean of each ``H/h × W/w`` tile."""
-  b, h, w, c = x.shape
-  oh, ow = size
-  if h % oh or w % ow:
-    raise ValueError(f"cannot average-pool a {h}x{w} map to {oh}x{ow}: only integer ratios are supported")
-  return x.reshape(b, oh, h // oh, ow, w // ow, c).mean(axis=(2, 4))
+def _pool_matrix(n_in: int, n_out: int) -> np.ndarray:
+  """``[n_out, n_in]`` averaging weights of torch's ``adaptive_avg_pool``: output ``i``
+  averages inputs ``floor(i·n_in/n_out) … ceil((i+1)·n_in/n_out) − 1``."""
+  m = np.zeros((n_out, n_in), np.float32)
+  for i in range(n_out):
+    start, end = (i * n_in) // n_out, -((-(i + 1) * n_in) // n_out)
+    m[i, start:end] = 1.0 / (end - start)
+  return m
+
+
+def adaptive_avg_pool(x: Array, size: int | tuple[int, int]) -> Array:
+  """torch's ``adaptive_avg_pool2d`` on an NHWC map, any sizes (overlapping bins where ``h``
+  does not divide ``H``; the mean of each ``H/h × W/w`` tile where it does):
+  ``[B, H, W, C] -> [B, h, w, C]``."""
+  h, w = (size, size) if isinstance(size, int) else size
+  ph, pw = _pool_matrix(x.shape[1], h), _pool_matrix(x.shape[2], w)
+  return jnp.einsum("ih,bhwc,jw->bijc", ph, _f32(x), pw)
 
 
 def common_spatial_size(name: str, a_shape, b_shape) -> tuple[int, int]:

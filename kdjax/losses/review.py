@@ -13,27 +13,10 @@ from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
+
+from kdjax.losses.feature import adaptive_avg_pool
 
 Array = jax.Array
-
-
-def _pool_matrix(n_in: int, n_out: int) -> np.ndarray:
-  """``[n_out, n_in]`` averaging weights of torch's ``adaptive_avg_pool``: output ``i``
-  averages inputs ``floor(i·n_in/n_out) … ceil((i+1)·n_in/n_out) − 1``."""
-  m = np.zeros((n_out, n_in), np.float32)
-  for i in range(n_out):
-    start, end = (i * n_in) // n_out, -((-(i + 1) * n_in) // n_out)
-    m[i, start:end] = 1.0 / (end - start)
-  return m
-
-
-def adaptive_avg_pool2d(x: Array, size: int | tuple[int, int]) -> Array:
-  """torch's ``adaptive_avg_pool2d`` on an NHWC map, any sizes (overlapping bins where ``h``
-  does not divide ``H``): ``[B, H, W, C] -> [B, h, w, C]``."""
-  h, w = (size, size) if isinstance(size, int) else size
-  ph, pw = _pool_matrix(x.shape[1], h), _pool_matrix(x.shape[2], w)
-  return jnp.einsum("ih,bhwc,jw->bijc", ph, x, pw)
 
 
 def _mse(s: Array, t: Array) -> Array:
@@ -61,7 +44,7 @@ def hcl_level_loss(student_feat: Array, teacher_feat: Array, levels: Sequence[in
     if l >= s.shape[1]:
       continue
     cnt /= 2.0
-    loss = loss + cnt * _mse(adaptive_avg_pool2d(s, l), adaptive_avg_pool2d(t, l))
+    loss = loss + cnt * _mse(adaptive_avg_pool(s, l), adaptive_avg_pool(t, l))
     tot += cnt
   return loss / tot
 

@@ -23,6 +23,20 @@ from kdjax.methods.review import reviewkd
 _METHODS = {**_LOGIT, **_FEATURE, **_CONTRASTIVE, **_REVIEW}
 
 
+# Where each method comes from, in a few words (the README's method table has the titles).
+PAPERS = {
+    "supervised": "cross-entropy on the labels, no teacher",
+    "hinton": "Hinton et al. 2015", "reverse_kd": "KD, reverse KL", "js_kd": "KD, Jensen-Shannon",
+    "dkd": "Zhao et al. 2022 (DKD)", "dist": "Huang et al. 2022 (DIST)",
+    "fitnet": "Romero et al. 2015 (FitNets)", "at": "Zagoruyko & Komodakis 2017 (AT)",
+    "nst": "Huang & Wang 2017 (NST)", "vid": "Ahn et al. 2019 (VID)", "ft": "Kim et al. 2018 (FT)",
+    "ab": "Heo et al. 2019 (AB)", "fsp": "Yim et al. 2017 (FSP)", "sp": "Tung & Mori 2019 (SP)",
+    "rkd": "Park et al. 2019 (RKD)", "pkt": "Passalis & Tefas 2018 (PKT)", "cc": "Peng et al. 2019 (CC)",
+    "crd": "Tian et al. 2020 (CRD, memory bank)", "crd_queue": "CRD with a MoCo-style queue",
+    "crd_inbatch": "CRD with in-batch negatives", "reviewkd": "Chen et al. 2021 (ReviewKD)",
+}
+
+
 def method_names() -> list[str]:
   return sorted(_METHODS)
 
@@ -34,7 +48,7 @@ def make_method(name: str, **hparams) -> Method:
   return _METHODS[name](**hparams)
 
 
-__all__ = ["Method", "activation_boundary", "as_method", "attention", "call_method", "combine", "correlation_congruence", "dist_kd", "dkd",
+__all__ = ["PAPERS", "Method", "activation_boundary", "as_method", "attention", "call_method", "combine", "correlation_congruence", "dist_kd", "dkd",
            "factor_transfer", "fitnet", "fsp", "hinton_kd", "init_method", "js_kd", "make_method", "method_names", "nst", "pick_feature", "pkt",
            "reverse_kd", "rkd", "similarity_preserving", "supervised", "vid"]
 __all__ += ["crd", "crd_inbatch", "crd_queue", "reviewkd"]
