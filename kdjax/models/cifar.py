@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from kdjax.models.resnet import BasicBlock, batch_norm, bn, conv, global_avg_pool, make_stage
+from kdjax.models.resnet import BasicBlock, batch_norm, bn, classify_stages, conv, global_avg_pool, make_stage
 
 # Total stride of each family: H and W of the input must be multiples of it.
 TOTAL_STRIDE = {"resnet": 4, "wrn": 4, "vgg": 8, "mobilenet": 16, "shufflenet": 8}
@@ -59,13 +59,7 @@ class CifarResNet(nnx.Module):
   def __call__(self, x_BxHxWxC: jax.Array, *, train: bool = False, rngs: jax.Array | None = None):
     x = jax.nn.relu(bn(self.bn1, self.conv1(x_BxHxWxC), train))
     feats = {"stem": x}
-    for i, stage in enumerate(self.stages):
-      for block in stage:
-        x = block(x, train)
-      feats[f"block{i + 1}"] = x
-    pre = global_avg_pool(x)
-    feats["pre_logits"] = pre
-    return self.fc(pre), feats
+    return classify_stages(self.stages, self.fc, x, feats, train)
 
 
 # --------------------------------------------------------------------------------------------
@@ -318,13 +312,7 @@ class ShuffleNetV1(nnx.Module):
   def __call__(self, x_BxHxWxC: jax.Array, *, train: bool = False, rngs: jax.Array | None = None):
     x = jax.nn.relu(bn(self.bn1, self.conv1(x_BxHxWxC), train))
     feats = {"stem": x}
-    for i, stage in enumerate(self.stages):
-      for block in stage:
-        x = block(x, train)
-      feats[f"block{i + 1}"] = x
-    pre = global_avg_pool(x)
-    feats["pre_logits"] = pre
-    return self.fc(pre), feats
+    return classify_stages(self.stages, self.fc, x, feats, train)
 
 
 class _ShuffleV2Basic(nnx.Module):

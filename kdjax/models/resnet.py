@@ -52,6 +52,18 @@ def global_avg_pool(x_BxHxWxC: jax.Array) -> jax.Array:
   return x_BxHxWxC.mean(axis=(1, 2))
 
 
+def classify_stages(stages, fc, x: jax.Array, feats: dict, train: bool):
+  """Runs ``stages`` (lists of blocks) on ``x``, recording each stage's output as
+  ``feats["block{i}"]``, then global average pooling (``pre_logits``) and the classifier ``fc``:
+  ``(logits, feats)``."""
+  for i, stage in enumerate(stages):
+    for block in stage:
+      x = block(x, train)
+    feats[f"block{i + 1}"] = x
+  feats["pre_logits"] = pre = global_avg_pool(x)
+  return fc(pre), feats
+
+
 class BasicBlock(nnx.Module):
   """Two 3x3 conv-BN layers and an identity (or 1x1 conv-BN projection) shortcut, then ReLU."""
 
@@ -129,13 +141,7 @@ class ImageNetResNet(nnx.Module):
     x = jax.nn.relu(bn(self.bn1, self.conv1(x_BxHxWxC), train))
     feats = {"stem": x}
     x = nnx.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
-    for i, stage in enumerate(self.stages):
-      for block in stage:
-        x = block(x, train)
-      feats[f"block{i + 1}"] = x
-    pre = global_avg_pool(x)
-    feats["pre_logits"] = pre
-    return self.fc(pre), feats
+    return classify_stages(self.stages, self.fc, x, feats, train)
 
 
 def resnet18(num_classes: int, *, in_channels: int = 3, rngs: nnx.Rngs) -> ImageNetResNet:
