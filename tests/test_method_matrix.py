@@ -44,15 +44,16 @@ def _data(shape, n=32):
   return ArrayDataset("smoke", images, labels, images[:8], labels[:8], 10)
 
 
-def _setup(family, abstract: bool):
-  """Student, teacher (a second seed of the same model), combined method, state and one batch;
-  with ``abstract`` every array is a shape only (``nnx.eval_shape`` / ``jax.eval_shape``)."""
+def _setup(family, abstract: bool, teacher_model=None):
+  """Student, teacher (a second seed of the same model unless given), combined method, state and
+  one batch; with ``abstract`` every array is a shape only (``nnx.eval_shape`` / ``jax.eval_shape``)."""
   model, shape = SMALLEST[family]
   names = [n for n in method_names() if n != "supervised" and not (family == "mlp" and n in NEEDS_MAPS)]
   method = combine({n: (1e-3, make_method(n, **SMOKE_HPARAMS.get(n, {}))) for n in names})
   data = _data(shape)
-  build = lambda seed: create_model(model, num_classes=10, input_shape=shape, seed=seed)
-  t_graphdef, t_params, t_rest = split_model(nnx.eval_shape(lambda: build(1)) if abstract else build(1))
+  build = lambda seed, name=model: create_model(name, num_classes=10, input_shape=shape, seed=seed)
+  build_teacher = lambda: build(1, teacher_model or model)
+  t_graphdef, t_params, t_rest = split_model(nnx.eval_shape(build_teacher) if abstract else build_teacher())
   graphdef, params, rest = split_model(nnx.eval_shape(lambda: build(0)) if abstract else build(0))
   tx = optax.sgd(1e-3, momentum=0.9)
 
@@ -67,10 +68,11 @@ def _setup(family, abstract: bool):
   return names, data, graphdef, state, step, {"params": t_params, "rest": t_rest}
 
 
-@pytest.mark.parametrize("family", sorted(SMALLEST))
-def test_every_method_fits_every_family(family):
-  """The whole step (both models, every method, gradients, optimizer) traced on shapes only."""
-  names, data, _, state, step, teacher_vars = _setup(family, abstract=True)
+@pytest.mark.parametrize("family,teacher", [(f, None) for f in sorted(SMALLEST)] + [("resnet", "resnet20")])
+def test_every_method_fits_every_family(family, teacher):
+  """The whole step (both models, every method, gradients, optimizer) traced on shapes only;
+  also for a deeper teacher of the same family (the resnet_mnist preset's pair)."""
+  names, data, _, state, step, teacher_vars = _setup(family, abstract=True, teacher_model=teacher)
   batch = {"image": data.train_images[:16], "label": data.train_labels[:16], "index": np.arange(16, dtype=np.int32)}
   new_state, metrics = jax.eval_shape(step, state, teacher_vars, batch)
   assert jax.tree.structure(new_state) == jax.tree.structure(state)
