@@ -5,7 +5,7 @@ import pytest
 
 from kdjax.cli import main
 from kdjax.config import StudyConfig, TrainConfig, override, validate_study
-from kdjax.presets import HINTON_MNIST
+from kdjax.presets import HINTON_MNIST, PRESETS
 
 
 def test_override_sets_nested_typed_fields():
@@ -129,3 +129,8 @@ def test_cnn_study_runs_on_mocked_cifar10():
     result = run_study(cfg, progress=False, write=False)
   assert result.dataset == "cifar10" and result.test_size == 64
   assert {r: len(v) for r, v in result.runs.items()} == {"teacher": 1, "student": 1, "control": 0, "distilled": 1}
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_every_preset_is_a_valid_study(name):
+  validate_study(PRESETS[name])
