@@ -124,7 +124,8 @@ def main(argv: list[str] | None = None) -> None:
     err, err_sd = mean_std([r["errors"] for r in row["runs"]])
     acc, acc_sd = mean_std([100 * r["accuracy"] for r in row["runs"]])
     wall, _ = mean_std([r["wall_s"] for r in row["runs"]])
-    lines.append(f"| `{name}` | {ROWS[name]} | {err:.1f} ± {err_sd:.1f} | {acc:.2f} ± {acc_sd:.2f} | "
+    pm = (lambda sd, fmt: f" ± {sd:{fmt}}") if len(row["runs"]) > 1 else (lambda sd, fmt: "")  # no spread from one run
+    lines.append(f"| `{name}` | {ROWS[name]} | {err:.1f}{pm(err_sd, '.1f')} | {acc:.2f}{pm(acc_sd, '.2f')} | "
                  f"{len(row['runs'])} | {wall:.1f} | {row['runs'][0]['extra_params']:,} |")
   lines += ["", f"mean ± sample std over seeds; total wall time {time.perf_counter() - t0:.0f} s"]
   table = "\n".join(lines)
