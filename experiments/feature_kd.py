@@ -16,7 +16,6 @@ settings, are listed with the reason instead of a number. Results go to ``WORKDI
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import time
 from pathlib import Path

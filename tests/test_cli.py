@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from kdjax.cli import main
-from kdjax.config import StudyConfig, TrainConfig, override, validate_study
+from kdjax.config import TrainConfig, override, validate_study
 from kdjax.presets import HINTON_MNIST, PRESETS
 
 

@@ -7,9 +7,9 @@ and each method for one epoch on the small CNN pair."""
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
+from harness import smoke
 from numeric import numerical_grad
 
 from kdjax.losses import (contrast_loss, crd_loss, hcl_level_loss, hcl_loss, inbatch_info_nce_loss, info_nce_loss,
@@ -18,7 +18,6 @@ from kdjax.losses import adaptive_avg_pool
 from kdjax.methods import init_method, make_method
 from kdjax.methods.contrastive import init_memory, update_memory
 from kdjax.models import create_model, feature_shapes, split_model
-from kdjax.train import fit, init_train_state, make_eval_step, make_train_step
 
 RTOL, ATOL = 1e-4, 1e-6
 
@@ -310,29 +309,9 @@ def test_crd_queue_replaces_the_oldest_entries_and_wraps_around():
 # each method for one epoch on the CNN pair (the _smoke pattern of test_methods.py)
 # ---------------------------------------------------------------------------
 
-def _cnn_data(n=64):
-  rng = np.random.default_rng(0)
-  from kdjax.data import ArrayDataset
-  images = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
-  labels = (np.arange(n) % 10).astype(np.int32)
-  return ArrayDataset("synthetic32", images, labels, images[:32], labels[:32], 10)
-
-
 def _smoke(method, student="cnn16", teacher_name="cnn64", data=None):
-  """One epoch of ``method`` from a random teacher; ``(step, last record, method params, final state)``."""
-  data = _cnn_data() if data is None else data
-  t_graphdef, t_params, t_rest = split_model(create_model(teacher_name, num_classes=10, input_shape=data.image_shape))
-  graphdef, params, rest = split_model(create_model(student, num_classes=10, input_shape=data.image_shape))
-  method_params, method_state = init_method(method, jax.random.key(1),
-                                            feature_shapes(graphdef, params, rest, data.image_shape),
-                                            feature_shapes(t_graphdef, t_params, t_rest, data.image_shape),
-                                            len(data.train_labels))
-  tx = optax.sgd(0.01, momentum=0.9)
-  step = make_train_step(graphdef, tx, method, teacher_graphdef=t_graphdef)
-  state = init_train_state(params, rest, tx, jax.random.key(0), method_params, method_state)
-  result = fit(state, step, make_eval_step(graphdef), data, epochs=1, batch_size=16,
-               teacher_vars={"params": t_params, "rest": t_rest}, progress=False)
-  return step, result.history[-1], method_params, result
+  """One epoch of ``method`` from a random teacher; ``(step, last record, method params, fit result)``."""
+  return smoke(method, student, teacher_name, data=data)
 
 
 @pytest.mark.parametrize("name,hparams,term", [

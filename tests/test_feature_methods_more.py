@@ -9,15 +9,13 @@ axis, and return per-example values (RepDistiller's batch means / sums are the b
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
+from harness import smoke
 from numeric import numerical_grad
 
 from kdjax.losses import activation_boundary_loss, factor_transfer_loss, fsp_loss, fsp_matrix, vid_loss
 from kdjax.methods import init_method, make_method
-from kdjax.models import create_model, feature_shapes, split_model
-from kdjax.train import fit, init_train_state, make_eval_step, make_train_step
 
 vid = jax.jit(vid_loss)
 ft = jax.jit(factor_transfer_loss, static_argnames="p")
@@ -234,32 +232,11 @@ def test_ft_paraphraser_learns_only_to_reconstruct_and_the_translator_only_to_tr
 # 3. one epoch of each method on the CNN pair
 # ---------------------------------------------------------------------------
 
-def _cnn_data(n=64):
-  from kdjax.data import ArrayDataset
-  rng = np.random.default_rng(0)
-  images = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
-  labels = (np.arange(n) % 10).astype(np.int32)
-  return ArrayDataset("synthetic32", images, labels, images[:32], labels[:32], 10)
-
-
 def _smoke(method, student="cnn16", teacher_name="cnn64"):
-  """tests/test_methods.py's ``_smoke`` (teacher seeded apart from the student, so a cnn16 teacher
+  """The shared one-epoch run with the teacher seeded apart from the student (so a cnn16 teacher
   differs from the student): ``(step, last record, initial method params, final method params)``."""
-  data = _cnn_data()
-  t_graphdef, t_params, t_rest = split_model(create_model(teacher_name, num_classes=10, input_shape=data.image_shape,
-                                                          seed=1))
-  graphdef, params, rest = split_model(create_model(student, num_classes=10, input_shape=data.image_shape))
-  method_params, method_state = init_method(method, jax.random.key(1),
-                                            feature_shapes(graphdef, params, rest, data.image_shape),
-                                            feature_shapes(t_graphdef, t_params, t_rest, data.image_shape),
-                                            len(data.train_labels))
-  initial = jax.tree.map(np.array, method_params)  # copies: the step donates the state
-  tx = optax.sgd(0.01, momentum=0.9)
-  step = make_train_step(graphdef, tx, method, teacher_graphdef=t_graphdef)
-  state = init_train_state(params, rest, tx, jax.random.key(0), method_params, method_state)
-  result = fit(state, step, make_eval_step(graphdef), data, epochs=1, batch_size=16,
-               teacher_vars={"params": t_params, "rest": t_rest}, progress=False)
-  return step, result.history[-1], initial, result.state.method_params
+  step, record, initial, result = smoke(method, student, teacher_name, teacher_seed=1)
+  return step, record, initial, result.state.method_params
 
 
 def _moved(before, after):

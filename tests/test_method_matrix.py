@@ -14,8 +14,8 @@ import numpy as np
 import optax
 import pytest
 from flax import nnx
+from harness import synthetic_data
 
-from kdjax.data import ArrayDataset
 from kdjax.methods import combine, init_method, make_method, method_names
 from kdjax.models import create_model, feature_shapes, split_model
 from kdjax.models.registry import get_model_spec, model_names
@@ -37,20 +37,13 @@ def test_every_family_has_a_smoke_model():
   assert all(get_model_spec(name).family == family for family, (name, _) in SMALLEST.items())
 
 
-def _data(shape, n=32):
-  rng = np.random.default_rng(0)
-  images = rng.integers(0, 256, (n, *shape), dtype=np.uint8)
-  labels = (np.arange(n) % 10).astype(np.int32)
-  return ArrayDataset("smoke", images, labels, images[:8], labels[:8], 10)
-
-
 def _setup(family, abstract: bool, teacher_model=None):
   """Student, teacher (a second seed of the same model unless given), combined method, state and
   one batch; with ``abstract`` every array is a shape only (``nnx.eval_shape`` / ``jax.eval_shape``)."""
   model, shape = SMALLEST[family]
   names = [n for n in method_names() if n != "supervised" and not (family == "mlp" and n in NEEDS_MAPS)]
   method = combine({n: (1e-3, make_method(n, **SMOKE_HPARAMS.get(n, {}))) for n in names})
-  data = _data(shape)
+  data = synthetic_data(shape, n=32, n_test=8)
   build = lambda seed, name=model: create_model(name, num_classes=10, input_shape=shape, seed=seed)
   build_teacher = lambda: build(1, teacher_model or model)
   t_graphdef, t_params, t_rest = split_model(nnx.eval_shape(build_teacher) if abstract else build_teacher())

@@ -6,6 +6,8 @@ import numpy as np
 import optax
 import pytest
 
+from harness import smoke
+
 from kdjax.config import TrainConfig
 from kdjax.losses import hard_cross_entropy, hinton_kd_loss
 from kdjax.methods import make_method, method_names
@@ -103,31 +105,10 @@ def test_unknown_method_and_ambiguous_distill_calls_are_named(data, teacher):
     distill(data, TINY, teacher, progress=False)
 
 
-def _cnn_data(n=64):
-  rng = np.random.default_rng(0)
-  from kdjax.data import ArrayDataset
-  images = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
-  labels = (np.arange(n) % 10).astype(np.int32)
-  return ArrayDataset("synthetic32", images, labels, images[:32], labels[:32], 10)
-
-
 def _smoke(method, student="cnn16", teacher_name="cnn64", data=None):
   """One epoch of ``method`` from a random teacher; ``(step, last record, initial method params)``."""
-  from kdjax.methods import init_method
-  from kdjax.models import feature_shapes
-  data = _cnn_data() if data is None else data
-  t_graphdef, t_params, t_rest = split_model(create_model(teacher_name, num_classes=10, input_shape=data.image_shape))
-  graphdef, params, rest = split_model(create_model(student, num_classes=10, input_shape=data.image_shape))
-  method_params, method_state = init_method(method, jax.random.key(1),
-                                            feature_shapes(graphdef, params, rest, data.image_shape),
-                                            feature_shapes(t_graphdef, t_params, t_rest, data.image_shape),
-                                            len(data.train_labels))
-  tx = optax.sgd(0.01, momentum=0.9)
-  step = make_train_step(graphdef, tx, method, teacher_graphdef=t_graphdef)
-  state = init_train_state(params, rest, tx, jax.random.key(0), method_params, method_state)
-  result = fit(state, step, make_eval_step(graphdef), data, epochs=1, batch_size=16,
-               teacher_vars={"params": t_params, "rest": t_rest}, progress=False)
-  return step, result.history[-1], method_params
+  step, record, initial, _ = smoke(method, student, teacher_name, data=data)
+  return step, record, initial
 
 
 @pytest.mark.parametrize("name", ["at", "nst", "sp", "rkd", "pkt"])

@@ -12,6 +12,8 @@ import math
 import jax
 import jax.numpy as jnp
 
+from kdjax.losses import l2_normalize
+
 
 def normal_draws(key: jax.Array, shapes, stddevs) -> list[jax.Array]:
   """Independent zero-mean normal arrays of the given ``shapes`` and standard deviations, cut
@@ -39,6 +41,11 @@ def dense(params, x: jax.Array) -> jax.Array:
   where ``params`` has none."""
   y = x.astype(jnp.float32) @ params["kernel"]
   return y + params["bias"] if "bias" in params else y
+
+
+def embed(params, x: jax.Array) -> jax.Array:
+  """RepDistiller's ``Embed``: ``normalize(W·flatten(x) + b)`` per example."""
+  return l2_normalize(dense(params, x.reshape(x.shape[0], -1)))
 
 
 def conv_init(key: jax.Array, c_in: int, c_out: int, kernel: int | tuple[int, int] = 3, *,

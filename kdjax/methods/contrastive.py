@@ -27,7 +27,7 @@ from kdjax.losses import hard_cross_entropy, l2_normalize
 from kdjax.losses.contrastive import (contrast_loss, crd_normalizer, crd_scores, inbatch_info_nce_loss,
                                       queue_info_nce_loss)
 from kdjax.methods.base import Method, as_method, pick_feature
-from kdjax.methods.connectors import dense
+from kdjax.methods.connectors import embed
 
 
 def _check_positive(name: str, *, weight: float, ce_weight: float, **values) -> None:
@@ -52,14 +52,9 @@ def _embed_init(key, student_shapes, teacher_shapes, student_layer: str, teacher
   return jax.jit(draw)(key)
 
 
-def _embed(params, x: jax.Array) -> jax.Array:
-  """``normalize(W·flatten(x) + b)``."""
-  return l2_normalize(dense(params, x.reshape(x.shape[0], -1)))
-
-
 def _embeddings(params, student_feats, teacher, student_layer: str, teacher_layer: str):
-  s = _embed(params["student"], pick_feature(student_feats, student_layer, "student"))
-  t = _embed(params["teacher"], pick_feature(teacher[1], teacher_layer, "teacher"))
+  s = embed(params["student"], pick_feature(student_feats, student_layer, "student"))
+  t = embed(params["teacher"], pick_feature(teacher[1], teacher_layer, "teacher"))
   return s, t
 
 

@@ -10,12 +10,12 @@ import jax
 import jax.numpy as jnp
 
 from kdjax.losses import (activation_boundary_loss, attention_transfer_loss, correlation_congruence_loss,
-                          factor_transfer_loss, fsp_loss, hard_cross_entropy, hint_loss, l2_normalize, nst_loss,
+                          factor_transfer_loss, fsp_loss, hard_cross_entropy, hint_loss, nst_loss,
                           pkt_loss, rkd_loss, similarity_preserving_loss, vid_loss)
 from kdjax.losses.feature import common_spatial_size, match_spatial
 from kdjax.methods.base import Method, as_method, pick_feature
-from kdjax.methods.connectors import (batch_norm, batch_norm_init, conv, conv_init, conv_transpose, dense,
-                                       dense_init, normal_draws)
+from kdjax.methods.connectors import (batch_norm, batch_norm_init, conv, conv_init, conv_transpose, dense, dense_init,
+                                       embed, normal_draws)
 
 
 def _layers(term: str, layers) -> tuple[str, ...]:
@@ -96,7 +96,6 @@ def correlation_congruence(*, layers=("pre_logits",), weight: float = 0.02, embe
     return params
 
   def method(student_logits, student_feats, teacher, batch, params):
-    embed = lambda p, x: l2_normalize(dense(p, x.reshape(x.shape[0], -1)))
     s_feats = {l: embed(params[l]["student"], pick_feature(student_feats, l, "student")) for l in layers}
     t_feats = {l: embed(params[l]["teacher"], pick_feature(teacher[1], l, "teacher")) for l in layers}
     return loss(student_logits, s_feats, (teacher[0], t_feats), batch, {})
