@@ -22,11 +22,9 @@ from pathlib import Path
 
 import jax
 
-from kdjax.data import load_dataset
+from kdjax.config import to_dict
 from kdjax.methods import PAPERS, make_method
-from kdjax.config import override, to_dict, validate_study
-from kdjax.presets import PRESETS
-from kdjax.study import environment, mean_std
+from kdjax.study import add_experiment_args, environment, experiment_config, experiment_data, mean_pm
 from kdjax.train import NonFiniteLossError, distill, train_student, train_teacher
 from kdjax.train.loop import steps_per_epoch
 
@@ -54,32 +52,16 @@ def method_for(name: str, cfg, steps: int, num_examples: int):
 
 def main(argv: list[str] | None = None) -> None:
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--config", default="hinton_mnist", choices=sorted(PRESETS),
-                 help="the study preset whose teacher, student and data to use")
-  p.add_argument("--data", help="dataset instead of the preset's: builtin, idx:DIR or tfds:NAME")
-  p.add_argument("--seeds", help="comma-separated seeds (default: the preset's)")
-  p.add_argument("--epochs", type=int, help="student epochs (default: the preset's)")
-  p.add_argument("--teacher-epochs", type=int, help="teacher epochs (default: the preset's)")
-  p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                 help="override a preset field, e.g. --set distilled.learning_rate=0.1 (repeatable)")
+  add_experiment_args(p)
   p.add_argument("--methods", default=",".join(ROWS), help="comma-separated subset of: " + ", ".join(ROWS))
-  p.add_argument("--workdir", default="runs")
   args = p.parse_args(argv)
   methods = args.methods.split(",")
   unknown = [m for m in methods if m not in ROWS]
   if unknown:
     raise SystemExit(f"unknown method(s) {unknown}; choose from {', '.join(ROWS)}")
-  shortcuts = [f"dataset={args.data}"] if args.data else []
-  shortcuts += [f"seeds={args.seeds}"] if args.seeds else []
-  shortcuts += [f"distilled.epochs={args.epochs}"] if args.epochs else []
-  shortcuts += [f"teacher.epochs={args.teacher_epochs}"] if args.teacher_epochs else []
-  try:
-    cfg = override(PRESETS[args.config], shortcuts + args.set)
-    validate_study(cfg)
-  except ValueError as e:
-    raise SystemExit(f"feature_kd: {e}") from None
+  cfg = experiment_config(args, "feature_kd")
   seeds = list(cfg.seeds)
-  data = load_dataset(cfg.dataset, tfds_data_dir=cfg.tfds_data_dir, download=cfg.download)
+  data = experiment_data(cfg, args.subset)
   out = Path(args.workdir) / "feature_kd"
   out.mkdir(parents=True, exist_ok=True)
   # Every row, the student alone included, uses the distilled run's config and augmentation.
@@ -120,12 +102,10 @@ def main(argv: list[str] | None = None) -> None:
     if row["skipped"]:
       lines.append(f"| `{name}` | {ROWS[name]} | n/a: {row['skipped']} | | 0 | | |")
       continue
-    err, err_sd = mean_std([r["errors"] for r in row["runs"]])
-    acc, acc_sd = mean_std([100 * r["accuracy"] for r in row["runs"]])
-    wall, _ = mean_std([r["wall_s"] for r in row["runs"]])
-    pm = (lambda sd, fmt: f" ± {sd:{fmt}}") if len(row["runs"]) > 1 else (lambda sd, fmt: "")  # no spread from one run
-    lines.append(f"| `{name}` | {ROWS[name]} | {err:.1f}{pm(err_sd, '.1f')} | {acc:.2f}{pm(acc_sd, '.2f')} | "
-                 f"{len(row['runs'])} | {wall:.1f} | {row['runs'][0]['extra_params']:,} |")
+    rs = row["runs"]
+    lines.append(f"| `{name}` | {ROWS[name]} | {mean_pm([r['errors'] for r in rs])} | "
+                 f"{mean_pm([100 * r['accuracy'] for r in rs], '.2f')} | {len(rs)} | "
+                 f"{mean_pm([r['wall_s'] for r in rs])} | {rs[0]['extra_params']:,} |")
   lines += ["", f"mean ± sample std over seeds; total wall time {time.perf_counter() - t0:.0f} s"]
   table = "\n".join(lines)
   print("\n" + table)

@@ -123,9 +123,59 @@ def run_study(cfg: StudyConfig, *, data: ArrayDataset | None = None, progress: b
   return result
 
 
+def add_experiment_args(parser, default_config: str = "hinton_mnist") -> None:
+  """The options every experiment script shares: the preset, the data, seeds, epochs, overrides."""
+  from kdjax.presets import PRESETS
+  parser.add_argument("--config", default=default_config, choices=sorted(PRESETS),
+                      help="the study preset whose teacher, student and data to use")
+  parser.add_argument("--data", help="dataset instead of the preset's: builtin, idx:DIR or tfds:NAME")
+  parser.add_argument("--seeds", help="comma-separated seeds (default: the preset's)")
+  parser.add_argument("--epochs", type=int, help="student epochs (default: the preset's)")
+  parser.add_argument("--teacher-epochs", type=int, help="teacher epochs (default: the preset's)")
+  parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                      help="override a preset field, e.g. --set distilled.learning_rate=0.1 (repeatable)")
+  parser.add_argument("--subset", type=int, metavar="N",
+                      help="train on the first N training images only (quick checks; the test split is kept)")
+  parser.add_argument("--workdir", default="runs")
+
+
+def experiment_data(cfg: StudyConfig, subset: int | None = None) -> ArrayDataset:
+  """The config's dataset, cut to its first ``subset`` training images when given."""
+  data = load_dataset(cfg.dataset, tfds_data_dir=cfg.tfds_data_dir, download=cfg.download)
+  if subset is None:
+    return data
+  if not 0 < subset <= len(data.train_labels):
+    raise SystemExit(f"--subset must lie in [1, {len(data.train_labels)}] for {data.name}, got {subset}")
+  return dataclasses.replace(data, name=f"{data.name}[:{subset}]", train_images=data.train_images[:subset],
+                             train_labels=data.train_labels[:subset])
+
+
+def experiment_config(args, prog: str) -> StudyConfig:
+  """The preset of :func:`add_experiment_args`'s options with the overrides applied, validated;
+  a bad value exits with a message naming it, before any training."""
+  from kdjax.config import override
+  from kdjax.presets import PRESETS
+  shortcuts = [f"dataset={args.data}"] if args.data else []
+  shortcuts += [f"seeds={args.seeds}"] if args.seeds else []
+  shortcuts += [f"distilled.epochs={args.epochs}"] if args.epochs else []
+  shortcuts += [f"teacher.epochs={args.teacher_epochs}"] if args.teacher_epochs else []
+  try:
+    cfg = override(PRESETS[args.config], shortcuts + args.set)
+    validate_study(cfg)
+  except ValueError as e:
+    raise SystemExit(f"{prog}: {e}") from None
+  return cfg
+
+
 def mean_std(values: list[float]) -> tuple[float, float]:
   """Mean and sample standard deviation (0 for a single value)."""
   return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def mean_pm(values: list[float], fmt: str = ".1f") -> str:
+  """``"mean ± std"`` over runs, or just the value for a single run (one run has no spread)."""
+  m, sd = mean_std(values)
+  return f"{m:{fmt}} ± {sd:{fmt}}" if len(values) > 1 else f"{m:{fmt}}"
 
 
 def format_table(result: StudyResult, extra: dict[str, dict[str, str]] | None = None) -> str:

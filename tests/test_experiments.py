@@ -22,3 +22,42 @@ def test_feature_kd_compares_methods_and_names_the_ones_that_do_not_fit(tmp_path
   rows = json.loads((tmp_path / "feature_kd" / "results.json").read_text())["rows"]
   assert len(rows["hinton"]["runs"]) == 1 and rows["at"]["skipped"]
   assert rows["supervised"]["runs"][0]["accuracy"] > 0.8
+
+
+QUICK = ["--seeds", "0", "--epochs", "1", "--teacher-epochs", "1", "--subset", "300"]
+
+
+def test_multi_teacher_compares_every_aggregation(tmp_path):
+  _load("multi_teacher").main([*QUICK, "--workdir", str(tmp_path)])
+  table = (tmp_path / "multi_teacher" / "table.md").read_text()
+  assert "mnist_subset[:300]" in table and "their ensemble (mean of probabilities)" in table
+  results = json.loads((tmp_path / "multi_teacher" / "results.json").read_text())
+  assert len(results["rows"]) == 8 and {"mlp1200-s0", "mlp1200-s1", "mlp800-alone", "ensemble"} <= set(results["teachers"])
+  for row in results["rows"].values():
+    (run,) = row["runs"]
+    assert 0 <= run["agreement"] <= 1 and set(run["agreement_per_teacher"]) == {"mlp1200-s0", "mlp1200-s1", "mlp800-alone"}
+    assert f"| {run['errors']} |" in table or f"| {run['errors']:.1f} |" in table
+
+
+def test_self_distillation_runs_every_variant(tmp_path):
+  _load("self_distillation").main([*QUICK, "--workdir", str(tmp_path)])
+  rows = json.loads((tmp_path / "self_distillation" / "results.json").read_text())["rows"]
+  assert {"born-again generation 3", "tf-KD virtual teacher", "BYOT: early exit after block1",
+          "mean teacher (EMA decay 0.99)"} <= set(rows)
+  assert all(len(runs) == 1 and 0 <= runs[0]["accuracy"] <= 1 for runs in rows.values())
+  assert "± 0.0" not in (tmp_path / "self_distillation" / "table.md").read_text()
+
+
+def test_experiments_reject_a_bad_subset(tmp_path):
+  import pytest
+  with pytest.raises(SystemExit, match="--subset"):
+    _load("self_distillation").main(["--subset", "0", "--workdir", str(tmp_path)])
+
+
+def test_online_trains_cohorts_and_a_teacher_assistant_chain(tmp_path):
+  _load("online").main([*QUICK, "--rows", "alone,dml2,codistill2,small_takd", "--workdir", str(tmp_path)])
+  table = (tmp_path / "online" / "table.md").read_text()
+  assert "| `dml2` | DML, 2 students" in table and "Progressive (student mlp100)" in table
+  rows = json.loads((tmp_path / "online" / "results.json").read_text())["rows"]
+  assert len(rows["dml2"][0]["students"]) == 2 and 0 <= rows["dml2"][0]["ensemble_accuracy"] <= 1
+  assert 0 <= rows["small_takd"][0]["assistant"]["accuracy"] <= 1

@@ -28,7 +28,8 @@ SMALLEST = {"mlp": ("mlp800", (28, 28, 1)), "cnn": ("cnn16", (32, 32, 3)), "resn
 # Methods that need NHWC feature maps (an MLP has none; the error is tested in test_methods.py).
 NEEDS_MAPS = {"at", "nst", "vid", "ft", "ab", "fsp", "reviewkd"}
 # Small-data settings: CRD's memory bank draws its negatives from the 32 training examples.
-SMOKE_HPARAMS = {"hinton": dict(alpha=0.5, temperature=4.0), "dkd": dict(warmup_steps=2), "crd": dict(nce_k=16), "crd_queue": dict(queue_size=16)}
+SMOKE_HPARAMS = {"hinton": dict(alpha=0.5, temperature=4.0), "dkd": dict(warmup_steps=2), "crd": dict(nce_k=16), "crd_queue": dict(queue_size=16),
+                 "byot": dict(num_classes=10)}
 
 
 def test_every_family_has_a_smoke_model():

@@ -1,4 +1,5 @@
-"""On-device augmentation: pure, jittable functions over float image batches."""
+"""On-device augmentation (pure, jittable functions over float image batches), and fixed-size
+evaluation batches."""
 
 from __future__ import annotations
 
@@ -37,3 +38,17 @@ def random_hflip(key: jax.Array, images_BxHxWxC: jax.Array) -> jax.Array:
   """Mirrors each image left-right with probability 1/2 (the CIFAR recipe's flip)."""
   flip = jax.random.bernoulli(key, 0.5, (images_BxHxWxC.shape[0], 1, 1, 1))
   return jnp.where(flip, images_BxHxWxC[:, :, ::-1, :], images_BxHxWxC)
+
+
+def padded_batches(images, labels, batch_size: int):
+  """``(images, labels, mask)`` batches of exactly ``batch_size`` over a split: the last one is
+  padded with zeros and masked, so an evaluation compiles once."""
+  n = len(labels)
+  for start in range(0, n, batch_size):
+    xb, yb = images[start:start + batch_size], labels[start:start + batch_size]
+    pad = batch_size - len(yb)
+    mask = jnp.arange(batch_size) < len(yb)
+    if pad:
+      xb = jnp.concatenate([xb, jnp.zeros((pad, *xb.shape[1:]), xb.dtype)])
+      yb = jnp.concatenate([yb, jnp.zeros((pad,), yb.dtype)])
+    yield xb, yb, mask

@@ -39,7 +39,9 @@ from kdjax.losses.logit import (
     soft_target_cross_entropy,
     standardize_logits,
 )
+from kdjax.losses.online import mutual_kl, online_kd_loss
 from kdjax.losses.review import hcl_level_loss, hcl_loss
+from kdjax.losses.self_kd import tf_kd_reg_loss, virtual_teacher_probs
 from kdjax.losses.validate import check_alpha, check_temperature
 
 __all__ = [
@@ -76,7 +78,11 @@ __all__ = [
     "hinton_kd_loss",
     "js_divergence",
     "kl_divergence",
+    "mutual_kl",
+    "online_kd_loss",
     "reverse_kl_divergence",
     "soft_target_cross_entropy",
     "standardize_logits",
+    "tf_kd_reg_loss",
+    "virtual_teacher_probs",
 ]

@@ -17,10 +17,13 @@ from kdjax.methods.feature import (activation_boundary, attention, correlation_c
                                    fitnet, fsp, nst, pkt, rkd, similarity_preserving, vid)
 from kdjax.methods.logit import METHODS as _LOGIT
 from kdjax.methods.logit import dist_kd, dkd, hinton_kd, js_kd, reverse_kd, supervised
+from kdjax.methods.multi_teacher import multi_teacher_kd, per_teacher, teacher_weights
 from kdjax.methods.review import METHODS as _REVIEW
 from kdjax.methods.review import reviewkd
+from kdjax.methods.self_kd import METHODS as _SELF_KD
+from kdjax.methods.self_kd import byot, tf_kd
 
-_METHODS = {**_LOGIT, **_FEATURE, **_CONTRASTIVE, **_REVIEW}
+_METHODS = {**_LOGIT, **_FEATURE, **_CONTRASTIVE, **_REVIEW, **_SELF_KD}
 
 
 # Where each method comes from, in a few words (the README's method table has the titles).
@@ -34,6 +37,7 @@ PAPERS = {
     "rkd": "Park et al. 2019 (RKD)", "pkt": "Passalis & Tefas 2018 (PKT)", "cc": "Peng et al. 2019 (CC)",
     "crd": "Tian et al. 2020 (CRD, memory bank)", "crd_queue": "CRD with a MoCo-style queue",
     "crd_inbatch": "CRD with in-batch negatives", "reviewkd": "Chen et al. 2021 (ReviewKD)",
+    "tf_kd": "Yuan et al. 2020 (Tf-KD, virtual teacher)", "byot": "Zhang et al. 2019 (BYOT, self-distillation)",
 }
 
 
@@ -52,3 +56,5 @@ __all__ = ["PAPERS", "Method", "activation_boundary", "as_method", "attention", 
            "factor_transfer", "fitnet", "fsp", "hinton_kd", "init_method", "js_kd", "make_method", "method_names", "nst", "pick_feature", "pkt",
            "reverse_kd", "rkd", "similarity_preserving", "supervised", "vid"]
 __all__ += ["crd", "crd_inbatch", "crd_queue", "reviewkd"]
+__all__ += ["multi_teacher_kd", "per_teacher", "teacher_weights"]
+__all__ += ["byot", "tf_kd"]

@@ -5,7 +5,8 @@ A method is a pure function
     method(student_logits, student_feats, teacher, batch, params) -> (loss_B, terms)
 
 - ``teacher`` is ``None`` (no teacher) or ``(teacher_logits, teacher_feats)``,
-  computed in inference mode with the gradient stopped.
+  computed in inference mode with the gradient stopped; for a multi-teacher method
+  (``method.multi_teacher``), a dict ``{name: (teacher_logits, teacher_feats)}``.
 - ``batch`` holds ``"label"``, ``"step"`` (the student's step count before this
   update, for schedules), ``"index"`` (each example's position in the training
   set, for memory banks) and ``"key"`` (a fresh PRNG key for this step).
@@ -34,9 +35,11 @@ import jax
 Method = Callable[..., tuple]
 
 
-def as_method(fn, needs_teacher: bool) -> Method:
-  """Marks ``fn`` as a method; ``needs_teacher`` makes the step insist on a teacher."""
+def as_method(fn, needs_teacher: bool, multi_teacher: bool = False) -> Method:
+  """Marks ``fn`` as a method; ``needs_teacher`` makes the step insist on a teacher;
+  ``multi_teacher`` says it takes a dict of teachers (see :mod:`kdjax.methods.multi_teacher`)."""
   fn.needs_teacher = needs_teacher
+  fn.multi_teacher = multi_teacher
   return fn
 
 

@@ -44,4 +44,9 @@ def combine(parts: dict[str, tuple[float, Method]]) -> Method:
     return total, terms, new_state
 
   method.init, method.init_state = init, init_state
-  return as_method(method, needs_teacher=any(getattr(m, "needs_teacher", False) for _, m in parts.values()))
+  multi = {getattr(m, "multi_teacher", False) for _, m in parts.values() if getattr(m, "needs_teacher", False)}
+  if len(multi) > 1:
+    raise ValueError("combine: some parts take one teacher and some several; wrap the single-teacher parts "
+                     "in kdjax.methods.per_teacher")
+  return as_method(method, needs_teacher=any(getattr(m, "needs_teacher", False) for _, m in parts.values()),
+                   multi_teacher=multi == {True})

@@ -100,9 +100,11 @@ def _mlp_teacher(input_shape, num_classes, *, rngs, dropout_rate=0.5, input_drop
              input_dropout_rate=input_dropout_rate, rngs=rngs)
 
 
-def _mlp_student(input_shape, num_classes, *, rngs, dropout_rate=0.0, input_dropout_rate=0.0):
-  return MLP(input_shape, (800, 800), num_classes, dropout_rate=dropout_rate,
-             input_dropout_rate=input_dropout_rate, rngs=rngs)
+def _mlp_plain(width):
+  def build(input_shape, num_classes, *, rngs, dropout_rate=0.0, input_dropout_rate=0.0):
+    return MLP(input_shape, (width, width), num_classes, dropout_rate=dropout_rate,
+               input_dropout_rate=input_dropout_rate, rngs=rngs)
+  return build
 
 
 def _cnn(width, default_dropout):
@@ -116,8 +118,11 @@ register_model(ModelSpec(
     "Hinton et al. 2015 MNIST teacher: 784-1200-1200-10, dropout 0.2 (input) / 0.5 (hidden) by default",
     family="mlp"))
 register_model(ModelSpec(
-    "mlp800", _mlp_student, (28, 28, 1), "Hinton et al. 2015 MNIST student: 784-800-800-10, no dropout",
+    "mlp800", _mlp_plain(800), (28, 28, 1), "Hinton et al. 2015 MNIST student: 784-800-800-10, no dropout",
     family="mlp"))
+register_model(ModelSpec(
+    "mlp100", _mlp_plain(100), (28, 28, 1),
+    "small MNIST student for teacher-assistant chains: 784-100-100-10, no dropout", family="mlp"))
 register_model(ModelSpec(
     "cnn64", _cnn(64, 0.5), (32, 32, 3),
     "small CNN teacher for 32x32 colour images: conv3x3 64/128 + pooling + dense 256, dropout 0.5",

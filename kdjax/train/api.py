@@ -1,4 +1,5 @@
-"""Library entry points: ``train_teacher``, ``train_student`` and ``distill``."""
+"""Library entry points: ``train_teacher``, ``train_student``, ``distill`` (one teacher or a dict of
+teachers) and ``mean_teacher``."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import jax
 
 from kdjax.config import TrainConfig
 from kdjax.data.dataset import ArrayDataset
-from kdjax.methods import Method, hinton_kd, init_method, supervised
+from kdjax.methods import Method, hinton_kd, init_method, multi_teacher_kd, supervised
 from kdjax.models import create_model, feature_shapes, split_model
 from kdjax.train.loop import FitResult, fit, steps_per_epoch
 from kdjax.train.state import init_train_state, make_optimizer
@@ -39,8 +40,23 @@ class TrainedModel:
     return self.fit.test
 
 
+Teachers = TrainedModel | dict[str, TrainedModel] | None
+
+
+def _teacher_args(teacher: Teachers, input_shape) -> tuple[Any, Any, Any]:
+  """``(graphdef, variables, feature shapes)`` of one teacher, or dicts of them for several."""
+  if teacher is None:
+    return None, None, {}
+  if isinstance(teacher, dict):
+    parts = {n: _teacher_args(t, input_shape) for n, t in teacher.items()}
+    return ({n: p[0] for n, p in parts.items()}, {n: p[1] for n, p in parts.items()},
+            {n: p[2] for n, p in parts.items()})
+  return (teacher.graphdef, teacher.variables,
+          feature_shapes(teacher.graphdef, teacher.params, teacher.rest, input_shape))
+
+
 def _train(data: ArrayDataset, cfg: TrainConfig, method: Method, *, seed: int, desc: str,
-           teacher: TrainedModel | None = None, log_path: str | Path | None = None,
+           teacher: Teachers = None, ema_decay: float | None = None, log_path: str | Path | None = None,
            log_fields: dict[str, Any] | None = None, progress: bool = True) -> TrainedModel:
   model = create_model(cfg.model, num_classes=data.num_classes, input_shape=data.image_shape, seed=seed,
                        **cfg.model_options())
@@ -50,17 +66,21 @@ def _train(data: ArrayDataset, cfg: TrainConfig, method: Method, *, seed: int, d
                       momentum=cfg.momentum, weight_decay=cfg.weight_decay, schedule=cfg.schedule,
                       decay_epochs=cfg.decay_epochs, steps_per_epoch=per_epoch)
   key = jax.random.key(seed)
-  # The method's learnable parts and state, sized from the feature shapes before any data is seen.
-  method_params, method_state = init_method(
-      method, jax.random.fold_in(key, 2), feature_shapes(graphdef, params, rest, data.image_shape),
-      feature_shapes(teacher.graphdef, teacher.params, teacher.rest, data.image_shape) if teacher else {},
-      len(data.train_labels))
-  state = init_train_state(params, rest, tx, jax.random.fold_in(key, 1), method_params, method_state)
+  t_graphdef, t_vars, t_shapes = _teacher_args(teacher, data.image_shape)
+  s_shapes = feature_shapes(graphdef, params, rest, data.image_shape)
+  if ema_decay is not None:
+    t_shapes = s_shapes  # the student's moving average is its teacher
+  # The train step checks the method against its teachers before anything is initialized.
   train_step = make_train_step(graphdef, tx, method, jitter_pixels=cfg.jitter, hflip=cfg.hflip,
-                               teacher_graphdef=teacher.graphdef if teacher else None)
+                               teacher_graphdef=t_graphdef, ema_decay=ema_decay)
+  # The method's learnable parts and state, sized from the feature shapes before any data is seen.
+  method_params, method_state = init_method(method, jax.random.fold_in(key, 2), s_shapes, t_shapes,
+                                            len(data.train_labels))
+  state = init_train_state(params, rest, tx, jax.random.fold_in(key, 1), method_params, method_state,
+                           ema=ema_decay is not None)
   result = fit(state, train_step, make_eval_step(graphdef), data, epochs=cfg.epochs,
-               batch_size=cfg.batch_size, teacher_vars=teacher.variables if teacher else None,
-               seed=seed, desc=desc, log_path=log_path, log_fields=log_fields, progress=progress)
+               batch_size=cfg.batch_size, teacher_vars=t_vars, seed=seed, desc=desc, log_path=log_path,
+               log_fields=log_fields, progress=progress)
   return TrainedModel(cfg.model, data.num_classes, data.image_shape, graphdef,
                       result.state.params, result.state.rest, result, result.state.method_params)
 
@@ -71,35 +91,94 @@ def train_teacher(data: ArrayDataset, cfg: TrainConfig, *, seed: int = 0, **kwar
   return _train(data, cfg, supervised(), seed=seed, **kwargs)
 
 
-def train_student(data: ArrayDataset, cfg: TrainConfig, *, seed: int = 0, **kwargs) -> TrainedModel:
-  """Trains a student alone on the labels: the baseline that distillation must beat."""
+def train_student(data: ArrayDataset, cfg: TrainConfig, *, seed: int = 0, method: Method | None = None,
+                  **kwargs) -> TrainedModel:
+  """Trains a student with no teacher: on the labels (cross-entropy), the baseline that distillation
+  must beat, or with a teacher-free ``method`` (e.g. ``make_method("tf_kd")`` or
+  ``make_method("byot", num_classes=10)``)."""
+  if method is not None and getattr(method, "needs_teacher", False):
+    raise ValueError("this method needs a teacher: use distill (or mean_teacher for the student's own average)")
   kwargs.setdefault("desc", f"student {cfg.model} seed {seed}")
-  return _train(data, cfg, supervised(), seed=seed, **kwargs)
+  return _train(data, cfg, supervised() if method is None else method, seed=seed, **kwargs)
 
 
-def check_teacher(teacher: TrainedModel, data: ArrayDataset) -> None:
+def check_teacher(teacher: TrainedModel, data: ArrayDataset, name: str = "teacher") -> None:
   """The teacher must predict the data's classes from images of the data's shape."""
   if teacher.num_classes != data.num_classes:
     raise ValueError(
-        f"teacher and student have different class counts: the teacher ({teacher.model}) predicts "
+        f"teacher and student have different class counts: the {name} ({teacher.model}) predicts "
         f"{teacher.num_classes} classes, the student is built for {data.num_classes} ({data.name})")
   if tuple(teacher.input_shape) != tuple(data.image_shape):
-    raise ValueError(f"the teacher ({teacher.model}) takes images of shape {teacher.input_shape}, "
+    raise ValueError(f"the {name} ({teacher.model}) takes images of shape {teacher.input_shape}, "
                      f"but {data.name} has images of shape {data.image_shape}")
 
 
-def distill(data: ArrayDataset, cfg: TrainConfig, teacher: TrainedModel, *, alpha: float | None = None,
-            temperature: float | None = None, method: Method | None = None, seed: int = 0,
-            **kwargs) -> TrainedModel:
+def distill(data: ArrayDataset, cfg: TrainConfig, teacher: TrainedModel | dict[str, TrainedModel], *,
+            alpha: float | None = None, temperature: float | None = None, method: Method | None = None,
+            seed: int = 0, **kwargs) -> TrainedModel:
   """Trains a student from ``teacher``: Hinton KD with ``alpha`` and ``temperature``
   (see :func:`kdjax.losses.hinton_kd_loss`), or any teacher-using ``method`` from
-  :mod:`kdjax.methods` (e.g. ``make_method("dkd", beta=8.0)``)."""
-  check_teacher(teacher, data)
+  :mod:`kdjax.methods` (e.g. ``make_method("dkd", beta=8.0)``).
+
+  ``teacher`` may be a dict ``{name: TrainedModel}`` for a multi-teacher method
+  (:func:`kdjax.methods.multi_teacher_kd`, :func:`kdjax.methods.per_teacher`); with
+  ``alpha`` and ``temperature`` alone, several teachers get ``multi_teacher_kd`` with the mean
+  of their probabilities.
+  """
+  teachers = teacher if isinstance(teacher, dict) else {"teacher": teacher}
+  if not teachers:
+    raise ValueError("the teacher dict is empty: give at least one teacher")
+  for name, t in teachers.items():
+    check_teacher(t, data, name if isinstance(teacher, dict) else "teacher")
   if method is None:
     if alpha is None or temperature is None:
       raise ValueError("distill needs alpha and temperature (Hinton KD), or a method")
-    method = hinton_kd(alpha=alpha, temperature=temperature)
+    method = (multi_teacher_kd(alpha=alpha, temperature=temperature) if isinstance(teacher, dict)
+              else hinton_kd(alpha=alpha, temperature=temperature))
   elif alpha is not None or temperature is not None:
     raise ValueError("give either a method or alpha and temperature, not both: the method carries its own")
   kwargs.setdefault("desc", f"distill {cfg.model} seed {seed}")
   return _train(data, cfg, method, seed=seed, teacher=teacher, **kwargs)
+
+
+def mean_teacher(data: ArrayDataset, cfg: TrainConfig, *, decay: float = 0.99, alpha: float | None = None,
+                 temperature: float | None = None, method: Method | None = None, seed: int = 0,
+                 **kwargs) -> TrainedModel:
+  """Self-distillation from the student's own exponential moving average (mean teacher, Tarvainen &
+  Valpola 2017): the teacher is ``ema ← decay·ema + (1 − decay)·student`` after every step, run in
+  inference mode, and the student learns by Hinton KD (``alpha``, ``temperature``) or ``method``."""
+  if method is None:
+    if alpha is None or temperature is None:
+      raise ValueError("mean_teacher needs alpha and temperature (Hinton KD), or a method")
+    method = hinton_kd(alpha=alpha, temperature=temperature)
+  elif alpha is not None or temperature is not None:
+    raise ValueError("give either a method or alpha and temperature, not both: the method carries its own")
+  kwargs.setdefault("desc", f"mean teacher {cfg.model} seed {seed}")
+  return _train(data, cfg, method, seed=seed, ema_decay=decay, **kwargs)
+
+
+def chain(data: ArrayDataset, cfgs: list[TrainConfig], *, teacher: TrainedModel | None = None,
+          alpha: float | None = None, temperature: float | None = None, method: Method | None = None,
+          seed: int = 0, **kwargs) -> list[TrainedModel]:
+  """A distillation chain: every model is distilled from the one before it (Hinton KD with
+  ``alpha`` and ``temperature``, or ``method``). Without ``teacher``, ``cfgs[0]`` is trained on
+  the labels first; with one, ``cfgs[0]`` is distilled from it.
+
+  - Teacher-assistant KD (TAKD, Mirzadeh et al. 2020): ``chain(data, [assistant, student],
+    teacher=teacher)``, the models shrinking step by step so each gap is small.
+  - Born-again networks (Furlanello et al. 2018): the same config repeated; generation k + 1
+    learns from generation k (evaluate the generations' ensemble with
+    :func:`kdjax.train.evaluate_ensemble`).
+
+  Returns the models this call trained, in order. Run i uses ``seed + i``, so born-again
+  generations differ in their initialization and data order.
+  """
+  if len(cfgs) + (teacher is not None) < 2:
+    raise ValueError(f"a chain needs at least two models (a teacher and a student), got {len(cfgs)} config(s) "
+                     f"{'and a teacher' if teacher is not None else 'and no teacher'}")
+  models = [teacher] if teacher is not None else [train_teacher(data, cfgs[0], seed=seed, **kwargs)]
+  first = 0 if teacher is not None else 1
+  for i, cfg in enumerate(cfgs[first:], start=first):
+    models.append(distill(data, cfg, models[-1], alpha=alpha, temperature=temperature, method=method,
+                          seed=seed + i, desc=f"chain {i + 1}/{len(cfgs)}: {cfg.model} seed {seed + i}", **kwargs))
+  return models[1:] if teacher is not None else models

@@ -43,10 +43,10 @@ def steps_per_epoch(num_examples: int, batch_size: int) -> int:
   return num_examples // batch_size  # the remainder is dropped; it changes with every shuffle
 
 
-def fit(state: TrainState, train_step: Callable, eval_step: Callable, data: ArrayDataset, *,
+def fit(state: TrainState, train_step: Callable, eval_step: Callable | None, data: ArrayDataset, *,
         epochs: int, batch_size: int, teacher_vars=None, seed: int = 0, desc: str = "train",
         log_path: str | Path | None = None, log_fields: dict[str, Any] | None = None,
-        progress: bool = True) -> FitResult:
+        progress: bool = True, evaluate_fn: Callable[..., dict[str, Any]] | None = None) -> FitResult:
   """Trains for ``epochs`` epochs; evaluates on the test split after each epoch.
 
   The training set lives on the device as uint8; each epoch is a fresh
@@ -54,6 +54,12 @@ def fit(state: TrainState, train_step: Callable, eval_step: Callable, data: Arra
   after step ``i + 1`` is dispatched, so the device never waits for the host.
   A non-finite loss or gradient stops training with :class:`NonFiniteLossError`
   naming the step; the state it carries is the last good one.
+
+  ``evaluate_fn(state, test_images, test_labels) -> dict``, when given, replaces the default
+  evaluation (``eval_step`` on ``state.params``, ``state.rest``; it may then be ``None``), e.g.
+  for a stacked cohort of students (:mod:`kdjax.train.online`). The images and labels are the
+  device-resident test split; the dict must hold ``"accuracy"``, ``"errors"`` and ``"loss"``
+  and may add more (each logged as ``test_<key>``).
   """
   if epochs < 1:
     raise ValueError(f"epochs must be >= 1, got {epochs}")
@@ -100,7 +106,10 @@ def fit(state: TrainState, train_step: Callable, eval_step: Callable, data: Arra
         pending = current
       consume(pending)
       bar.update(1)
-      test = evaluate(eval_step, state.params, state.rest, test_x, test_y)
+      if evaluate_fn is not None:
+        test = evaluate_fn(state, test_x, test_y)
+      else:
+        test = evaluate(eval_step, state.params, state.rest, test_x, test_y)
       record = {**(log_fields or {}), "epoch": epoch, "step": epoch * n_steps,
                 **{f"train_{k}": v / n_steps for k, v in sums.items()},
                 **{f"test_{k}": v for k, v in test.items()},

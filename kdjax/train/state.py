@@ -17,6 +17,7 @@ class TrainState(NamedTuple):
   rng: jax.Array  # typed PRNG key for augmentation and dropout
   method_params: Any = None  # the method's learnable parts (FitNet regressor, ...); {} if none
   method_state: Any = None  # the method's non-differentiated state (CRD memory bank, ...); {} if none
+  ema: Any = None  # {"params", "rest"}: the student's moving average, the teacher of a mean-teacher run
 
 
 def trainables(params, method_params) -> dict[str, Any]:
@@ -25,11 +26,14 @@ def trainables(params, method_params) -> dict[str, Any]:
 
 
 def init_train_state(params, rest, tx: optax.GradientTransformation, rng: jax.Array,
-                     method_params=None, method_state=None) -> TrainState:
+                     method_params=None, method_state=None, *, ema: bool = False) -> TrainState:
+  """The state before the first step; ``ema=True`` starts a moving average of the student
+  (a copy of its variables) for a mean-teacher run."""
   method_params = {} if method_params is None else method_params
   return TrainState(params=params, rest=rest, opt_state=tx.init(trainables(params, method_params)),
                     step=jnp.zeros((), jnp.int32), rng=rng, method_params=method_params,
-                    method_state={} if method_state is None else method_state)
+                    method_state={} if method_state is None else method_state,
+                    ema={"params": jax.tree.map(jnp.copy, params), "rest": jax.tree.map(jnp.copy, rest)} if ema else None)
 
 
 def make_optimizer(name: str, *, learning_rate: float, total_steps: int, momentum: float = 0.9,

@@ -15,10 +15,11 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from kdjax.data.augment import jitter, random_hflip, to_float
+from kdjax.data.augment import jitter, padded_batches, random_hflip, to_float
 from kdjax.methods import Method, call_method
 from kdjax.models.functional import apply_model
 from kdjax.train.state import TrainState, trainables
+from kdjax.train.teachers import run_teachers
 
 
 def teacher_variables(params, rest) -> dict[str, Any]:
@@ -27,7 +28,8 @@ def teacher_variables(params, rest) -> dict[str, Any]:
 
 
 def make_train_step(graphdef, tx: optax.GradientTransformation, method: Method, *,
-                    teacher_graphdef=None, jitter_pixels: int = 0, hflip: bool = False) -> Callable:
+                    teacher_graphdef=None, jitter_pixels: int = 0, hflip: bool = False,
+                    ema_decay: float | None = None) -> Callable:
   """Builds the jitted student step for ``method``.
 
   The method's own learnable parts (``state.method_params``) are differentiated
@@ -36,11 +38,31 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, method: Method, 
   finite leaves the state unchanged and reports ``finite = False``, so the last
   good state survives for the loop to keep.
 
+  Teachers: ``teacher_graphdef`` is one graphdef (``teacher_vars`` one teacher's variables), a
+  dict ``{name: graphdef}`` for a multi-teacher method (``teacher_vars`` the same names' variables;
+  same-architecture teachers run stacked under one ``vmap``, see :mod:`kdjax.train.teachers`), or
+  ``None``. ``ema_decay`` makes the teacher the exponential moving average of the student itself
+  (mean teacher, Tarvainen & Valpola 2017): kept in ``state.ema``, updated after every step as
+  ``ema ← d·ema + (1 − d)·student``; ``teacher_vars`` is then ``None``.
+
   Returns ``step(state, teacher_vars, batch) -> (state, metrics)``, jitted with
-  the state donated; ``teacher_vars`` is ``None`` when there is no teacher;
-  ``batch`` holds ``"image"``, ``"label"`` and, for methods with a memory bank,
+  the state donated; ``batch`` holds ``"image"``, ``"label"`` and, for methods with a memory bank,
   ``"index"`` (the examples' positions in the training set).
   """
+  multi = isinstance(teacher_graphdef, dict)
+  if multi and not teacher_graphdef:
+    raise ValueError("the teacher dict is empty: give at least one teacher")
+  if multi != getattr(method, "multi_teacher", False) and teacher_graphdef is not None:
+    raise ValueError(
+        f"this method takes {'several teachers' if not multi else 'one teacher'}, but "
+        f"{f'{len(teacher_graphdef)} teachers were' if multi else 'one teacher was'} given; for several teachers "
+        "use kdjax.methods.multi_teacher_kd, or per_teacher to apply a single-teacher method to each")
+  if ema_decay is not None:
+    if teacher_graphdef is not None:
+      raise ValueError("ema_decay makes the student its own teacher; do not also give a teacher")
+    if not 0.0 <= ema_decay < 1.0:
+      raise ValueError(f"ema_decay must lie in [0, 1), got {ema_decay}")
+    teacher_graphdef = graphdef
   if getattr(method, "needs_teacher", False) and teacher_graphdef is None:
     raise ValueError("this method needs a teacher, but no teacher was given")
 
@@ -52,8 +74,12 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, method: Method, 
       x = jitter(k_jitter, x, jitter_pixels)
     if hflip:
       x = random_hflip(k_flip, x)
+    if ema_decay is not None:
+      teacher_vars = state.ema
     teacher = None
-    if teacher_graphdef is not None:
+    if multi:
+      teacher = run_teachers(teacher_graphdef, teacher_vars, x)
+    elif teacher_graphdef is not None:
       t_logits, t_feats, _ = apply_model(teacher_graphdef, teacher_vars["params"], teacher_vars["rest"],
                                          x, train=False)
       teacher = jax.lax.stop_gradient((t_logits, t_feats))
@@ -72,19 +98,26 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, method: Method, 
     new_trainable = optax.apply_updates(trainable, updates)
     grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    ema = state.ema
+    if ema_decay is not None:
+      ema = jax.tree.map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p if jnp.issubdtype(p.dtype, jnp.floating)
+                         else p, state.ema, teacher_variables(new_trainable["student"], new_rest))
     updated = TrainState(new_trainable["student"], new_rest, opt_state, state.step + 1, rng,
-                         new_trainable["method"], method_state)
+                         new_trainable["method"], method_state, ema)
     kept = state._replace(step=state.step + 1, rng=rng)
     new_state = jax.tree.map(lambda a, b: jnp.where(finite, a, b), updated, kept)
+    predicted = jnp.argmax(logits, -1)
     metrics = {
         "loss": loss,
-        "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
+        "accuracy": jnp.mean(predicted == batch["label"]),
         "grad_norm": grad_norm,
         "finite": finite,
         **{k: jnp.mean(v) for k, v in terms.items()},
     }
-    if teacher is not None:
-      metrics["teacher_agreement"] = jnp.mean(jnp.argmax(logits, -1) == jnp.argmax(teacher[0], -1))
+    if multi:
+      metrics.update({f"agreement/{n}": jnp.mean(predicted == jnp.argmax(t[0], -1)) for n, t in teacher.items()})
+    elif teacher is not None:
+      metrics["teacher_agreement"] = jnp.mean(predicted == jnp.argmax(teacher[0], -1))
     return new_state, metrics
 
   return jax.jit(step, donate_argnums=0)
@@ -108,13 +141,7 @@ def evaluate(eval_step: Callable, params, rest, images, labels, batch_size: int 
   n = len(labels)
   correct = jnp.zeros((), jnp.int32)
   loss_sum = jnp.zeros((), jnp.float32)
-  for start in range(0, n, batch_size):
-    xb, yb = images[start:start + batch_size], labels[start:start + batch_size]
-    pad = batch_size - len(yb)
-    mask = jnp.arange(batch_size) < len(yb)
-    if pad:
-      xb = jnp.concatenate([xb, jnp.zeros((pad, *xb.shape[1:]), xb.dtype)])
-      yb = jnp.concatenate([yb, jnp.zeros((pad,), yb.dtype)])
+  for xb, yb, mask in padded_batches(images, labels, batch_size):
     c, l = eval_step(params, rest, xb, yb, mask)
     correct, loss_sum = correct + c, loss_sum + l
   correct, loss_sum = jax.device_get((correct, loss_sum))
