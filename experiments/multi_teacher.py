@@ -25,31 +25,40 @@ from kdjax.study import add_experiment_args, environment, experiment_config, exp
 from kdjax.train import distill, evaluate_ensemble, train_student, train_teacher
 
 
-def rows(alpha: float, temperature: float, single: str, teachers: list[str]) -> dict[str, tuple[str, object]]:
-  """``{row: (description, method)}``; ``None`` as method is the student alone."""
+ROWS = ("alone", "single", "mean_probs", "mean_logits", "ca_mkd", "ebkd", "best", "mean_probs+hints")
+
+
+def rows(alpha: float, temperature: float, single: str, teachers: list[str]) -> dict[str, tuple[str, str, object]]:
+  """``{key: (row, description, method)}`` for every key of :data:`ROWS`."""
   kd = dict(alpha=alpha, temperature=temperature)
   hints = per_teacher({n: (1.0, fitnet(student_layer="block2", teacher_layer="block2", ce_weight=0.0))
                        for n in teachers})
   return {
-      "student alone": ("cross-entropy only, same augmentation", supervised()),
-      "single teacher": (f"Hinton KD from {single}", hinton_kd(**kd)),
-      "mean of probabilities": ("KL to the ensemble's distribution", multi_teacher_kd(**kd)),
-      "mean of logits": ("KL to softmax of the mean logits", multi_teacher_kd(**kd, combine="logits")),
-      "CA-MKD weights": ("per-sample weights from each teacher's CE on the label (Zhang et al. 2022)",
-                         multi_teacher_kd(**kd, weighting="confidence", combine="loss")),
-      "EBKD weights": ("per-sample weights from each teacher's entropy (Kwon et al. 2020)",
-                       multi_teacher_kd(**kd, weighting="entropy", combine="loss")),
-      "best teacher per sample": ("the teacher with the lowest CE on each example's label",
-                                  multi_teacher_kd(**kd, weighting="best")),
-      "mean of probabilities + hints": ("plus a FitNet regressor per teacher on block2 (weight 100, RepDistiller's)",
-                                        combine({"kd": (1.0, multi_teacher_kd(**kd)), "hint": (1.0, hints)})),
+      "alone": ("student alone", "cross-entropy only, same augmentation", supervised()),
+      "single": ("single teacher", f"Hinton KD from {single}", hinton_kd(**kd)),
+      "mean_probs": ("mean of probabilities", "KL to the ensemble's distribution", multi_teacher_kd(**kd)),
+      "mean_logits": ("mean of logits", "KL to softmax of the mean logits", multi_teacher_kd(**kd, combine="logits")),
+      "ca_mkd": ("CA-MKD weights", "per-sample weights from each teacher's CE on the label (Zhang et al. 2022)",
+                 multi_teacher_kd(**kd, weighting="confidence", combine="loss")),
+      "ebkd": ("EBKD weights", "per-sample weights from each teacher's entropy (Kwon et al. 2020)",
+               multi_teacher_kd(**kd, weighting="entropy", combine="loss")),
+      "best": ("best teacher per sample", "the teacher with the lowest CE on each example's label",
+               multi_teacher_kd(**kd, weighting="best")),
+      "mean_probs+hints": ("mean of probabilities + hints",
+                           "plus a FitNet regressor per teacher on block2 (weight 100, RepDistiller's)",
+                           combine({"kd": (1.0, multi_teacher_kd(**kd)), "hint": (1.0, hints)})),
   }
 
 
 def main(argv: list[str] | None = None) -> None:
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   add_experiment_args(p)
+  p.add_argument("--rows", default=",".join(ROWS), help="comma-separated subset of: " + ", ".join(ROWS))
   args = p.parse_args(argv)
+  keys = args.rows.split(",")
+  unknown = [k for k in keys if k not in ROWS]
+  if unknown:
+    raise SystemExit(f"unknown row(s) {unknown}; choose from {', '.join(ROWS)}")
   cfg = experiment_config(args, "multi_teacher")
   seeds = list(cfg.seeds)
   data = experiment_data(cfg, args.subset)
@@ -70,7 +79,8 @@ def main(argv: list[str] | None = None) -> None:
 
   single = f"{big}-s0"
   results = {}
-  for row, (what, method) in rows(cfg.alpha, cfg.temperature, single, list(teachers)).items():
+  table_rows = rows(cfg.alpha, cfg.temperature, single, list(teachers))
+  for row, what, method in (table_rows[k] for k in keys):
     runs = []
     for seed in seeds:
       if method.needs_teacher:

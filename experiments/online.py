@@ -107,7 +107,9 @@ def main(argv: list[str] | None = None) -> None:
         r = distill(data, student_cfg if name == "hinton" else small_cfg, teacher, seed=seed, progress=False, **kd)
         record = {"seed": seed, **r.test, "wall_s": r.fit.wall_s}
       elif name == "small_takd":
-        assistant, r = chain(data, [student_cfg, small_cfg], teacher=teacher, seed=seed, progress=False, **kd)
+        # The assistant and the student both use this seed, as the rows they are compared with.
+        assistant, r = chain(data, [student_cfg, small_cfg], teacher=teacher, seeds=[seed, seed], progress=False,
+                             **kd)
         record = {"seed": seed, **r.test, "assistant": assistant.test, "wall_s": assistant.fit.wall_s + r.fit.wall_s}
       else:
         _, k_students, rule = ROWS[name]

@@ -77,7 +77,7 @@ def test_fixed_weights_are_normalized():
   np.testing.assert_allclose(w[:, 0], [0.5, 0.25, 0.25])
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=15, deadline=None)
 @given(seed=st.integers(0, 10_000), k=st.integers(1, 4), scale=st.floats(0.01, 30.0))
 def test_every_weighting_is_a_distribution_over_teachers(seed, k, scale):
   _, t, y = _logits(seed, k=k, scale=scale)
@@ -340,3 +340,16 @@ def test_chain_from_a_trained_teacher_distills_the_first_config(data, teachers):
   direct = distill(data, TINY, teachers["a"], alpha=0.5, temperature=4.0, seed=7, progress=False)
   for a, b in zip(jax.tree.leaves(direct.params), jax.tree.leaves(student.params)):
     np.testing.assert_array_equal(a, b)
+
+
+def test_misplaced_teachers_get_a_clear_error():
+  g, p, r = _model("mlp800", 0)
+  tx = optax.sgd(0.1)
+  with pytest.raises(ValueError, match="uses no teacher"):
+    make_train_step(g, tx, supervised(), teacher_graphdef={"a": g})
+  with pytest.raises(ValueError, match=r"several teachers: give them as a dict"):
+    make_train_step(g, tx, multi_teacher_kd(), teacher_graphdef=g)
+  with pytest.raises(ValueError, match="not a moving average"):
+    make_train_step(g, tx, multi_teacher_kd(), ema_decay=0.9)
+  with pytest.raises(ValueError, match="teacher names"):
+    make_train_step(g, tx, multi_teacher_kd(), teacher_graphdef={"ensemble": g})

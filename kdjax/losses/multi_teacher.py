@@ -9,7 +9,9 @@ so that one teacher, or K identical teachers, always reduce to plain single-teac
 - :func:`confidence_weights`: CA-MKD (Zhang, Chen & Wang, ICASSP 2022): a teacher whose
   cross-entropy on the true label is low gets a high weight, ``(1 − softmax_k(CE_k)) / (K − 1)``.
 - :func:`entropy_weights`: EBKD (Kwon et al., ICASSP 2020): a confident (low-entropy) teacher gets a
-  high weight, ``(1 − H_k / Σ_j H_j) / (K − 1)``.
+  high weight, ``(1 − H_k / Σ_j H_j) / (K − 1)``, entropies of the plain ``softmax(t)`` as in the
+  reference code (at a high distillation temperature every teacher looks uncertain and the
+  weights would flatten to ``1/K``).
 - :func:`best_teacher_weights`: all weight on the teacher with the lowest cross-entropy on the
   true label, per example (ties go to the first).
 

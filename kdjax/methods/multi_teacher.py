@@ -88,7 +88,7 @@ def multi_teacher_kd(*, alpha: float = 0.5, temperature: float = 4.0, weighting:
     if not names:
       raise ValueError("multi_teacher_kd: the teacher dict is empty")
     t = jnp.stack([teacher[n][0] for n in names])
-    w = teacher_weights(weighting, t, batch["label"], temperature=temperature,
+    w = teacher_weights(weighting, t, batch["label"],
                         weights=[weights[n] for n in names] if weights is not None else None)
     ce = hard_cross_entropy(student_logits, batch["label"])
     kd = multi_teacher_kl(student_logits, t, w, temperature, combine)

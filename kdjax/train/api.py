@@ -30,6 +30,7 @@ class TrainedModel:
   rest: Any
   fit: FitResult
   method_params: Any = None  # the distillation method's learnable parts after training, if any
+  ema: Any = None  # a mean-teacher run's moving average of the student, {"params", "rest"}
 
   @property
   def variables(self) -> dict[str, Any]:
@@ -82,7 +83,8 @@ def _train(data: ArrayDataset, cfg: TrainConfig, method: Method, *, seed: int, d
                batch_size=cfg.batch_size, teacher_vars=t_vars, seed=seed, desc=desc, log_path=log_path,
                log_fields=log_fields, progress=progress)
   return TrainedModel(cfg.model, data.num_classes, data.image_shape, graphdef,
-                      result.state.params, result.state.rest, result, result.state.method_params)
+                      result.state.params, result.state.rest, result, result.state.method_params,
+                      result.state.ema)
 
 
 def train_teacher(data: ArrayDataset, cfg: TrainConfig, *, seed: int = 0, **kwargs) -> TrainedModel:
@@ -146,7 +148,8 @@ def mean_teacher(data: ArrayDataset, cfg: TrainConfig, *, decay: float = 0.99, a
                  **kwargs) -> TrainedModel:
   """Self-distillation from the student's own exponential moving average (mean teacher, Tarvainen &
   Valpola 2017): the teacher is ``ema ← decay·ema + (1 − decay)·student`` after every step, run in
-  inference mode, and the student learns by Hinton KD (``alpha``, ``temperature``) or ``method``."""
+  inference mode, and the student learns by Hinton KD (``alpha``, ``temperature``) or ``method``.
+  The result's ``ema`` holds the average's variables too (often the better model to deploy)."""
   if method is None:
     if alpha is None or temperature is None:
       raise ValueError("mean_teacher needs alpha and temperature (Hinton KD), or a method")
@@ -159,7 +162,7 @@ def mean_teacher(data: ArrayDataset, cfg: TrainConfig, *, decay: float = 0.99, a
 
 def chain(data: ArrayDataset, cfgs: list[TrainConfig], *, teacher: TrainedModel | None = None,
           alpha: float | None = None, temperature: float | None = None, method: Method | None = None,
-          seed: int = 0, **kwargs) -> list[TrainedModel]:
+          seed: int = 0, seeds: list[int] | None = None, **kwargs) -> list[TrainedModel]:
   """A distillation chain: every model is distilled from the one before it (Hinton KD with
   ``alpha`` and ``temperature``, or ``method``). Without ``teacher``, ``cfgs[0]`` is trained on
   the labels first; with one, ``cfgs[0]`` is distilled from it.
@@ -170,15 +173,22 @@ def chain(data: ArrayDataset, cfgs: list[TrainConfig], *, teacher: TrainedModel 
     learns from generation k (evaluate the generations' ensemble with
     :func:`kdjax.train.evaluate_ensemble`).
 
-  Returns the models this call trained, in order. Run i uses ``seed + i``, so born-again
-  generations differ in their initialization and data order.
+  Returns the models this call trained, in order. Run i uses ``seeds[i]``, by default
+  ``seed + i``, so born-again generations differ in their initialization and data order; give
+  ``seeds`` to compare a chain's last student with other runs of the same seed.
   """
   if len(cfgs) + (teacher is not None) < 2:
     raise ValueError(f"a chain needs at least two models (a teacher and a student), got {len(cfgs)} config(s) "
                      f"{'and a teacher' if teacher is not None else 'and no teacher'}")
-  models = [teacher] if teacher is not None else [train_teacher(data, cfgs[0], seed=seed, **kwargs)]
+  seeds = [seed + i for i in range(len(cfgs))] if seeds is None else list(seeds)
+  if len(seeds) != len(cfgs):
+    raise ValueError(f"chain: {len(seeds)} seeds for {len(cfgs)} models")
+  desc = kwargs.pop("desc", "chain")
+  models = [teacher] if teacher is not None else [
+      train_teacher(data, cfgs[0], seed=seeds[0], desc=f"{desc} 1/{len(cfgs)}: {cfgs[0].model} seed {seeds[0]}",
+                    **kwargs)]
   first = 0 if teacher is not None else 1
   for i, cfg in enumerate(cfgs[first:], start=first):
     models.append(distill(data, cfg, models[-1], alpha=alpha, temperature=temperature, method=method,
-                          seed=seed + i, desc=f"chain {i + 1}/{len(cfgs)}: {cfg.model} seed {seed + i}", **kwargs))
+                          seed=seeds[i], desc=f"{desc} {i + 1}/{len(cfgs)}: {cfg.model} seed {seeds[i]}", **kwargs))
   return models[1:] if teacher is not None else models

@@ -5,7 +5,7 @@ arXiv:1706.00384): each student minimises its cross-entropy plus its mean KL to 
 predictions. Co-distillation (Anil, Pereyra, Passos, Ormandi, Dahl & Hinton 2018, "Large
 scale distributed neural network training through online distillation", arXiv:1804.03235):
 the same idea with a burn-in before the peers' term is switched on; here in Hinton KD's
-weighting ``α·CE + (1−α)·T²·KL``. See :func:`kdjax.losses.online_kd_loss`.
+weighting ``CE + w·T²·KL``. See :func:`kdjax.losses.online_kd_loss`.
 
 The cohort is one pytree: every leaf of the params, the other variables and the optimizer
 state carries a leading axis of size K (:func:`stack_trees`), and the forward pass, the
@@ -135,7 +135,9 @@ def make_online_step(graphdef, tx: optax.GradientTransformation, num_students: i
   ``step >= burn_in_steps`` (Anil et al.'s burn-in; 0 = from the start; the CE weight does
   not change). The differentiated total is the sum over students: the peers are under
   ``stop_gradient``, so its gradient gives every student exactly the gradient of its own loss,
-  and ``jax.vmap(tx.update)`` keeps each student's optimizer state separate. If any loss or
+  and ``jax.vmap(tx.update)`` keeps each student's optimizer state separate. All students are
+  updated at once from the same step's predictions (DML's Algorithm 1 updates them one after
+  another, recomputing the predictions in between; the simultaneous update is the common variant). If any loss or
   gradient is not finite the whole cohort's state is kept and ``finite = False``.
 
   Returns ``step(state, teacher_vars, batch) -> (state, metrics)`` with the signature of

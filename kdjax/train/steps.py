@@ -19,7 +19,7 @@ from kdjax.data.augment import jitter, padded_batches, random_hflip, to_float
 from kdjax.methods import Method, call_method
 from kdjax.models.functional import apply_model
 from kdjax.train.state import TrainState, trainables
-from kdjax.train.teachers import run_teachers
+from kdjax.train.teachers import run_teachers, teacher_groups
 
 
 def teacher_variables(params, rest) -> dict[str, Any]:
@@ -50,13 +50,18 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, method: Method, 
   ``"index"`` (the examples' positions in the training set).
   """
   multi = isinstance(teacher_graphdef, dict)
-  if multi and not teacher_graphdef:
-    raise ValueError("the teacher dict is empty: give at least one teacher")
-  if multi != getattr(method, "multi_teacher", False) and teacher_graphdef is not None:
-    raise ValueError(
-        f"this method takes {'several teachers' if not multi else 'one teacher'}, but "
-        f"{f'{len(teacher_graphdef)} teachers were' if multi else 'one teacher was'} given; for several teachers "
-        "use kdjax.methods.multi_teacher_kd, or per_teacher to apply a single-teacher method to each")
+  method_multi = getattr(method, "multi_teacher", False)
+  if multi:
+    teacher_groups(teacher_graphdef)  # names and emptiness, checked before anything is traced
+  if teacher_graphdef is not None and not getattr(method, "needs_teacher", False):
+    raise ValueError("this method uses no teacher, but a teacher was given (train it with train_student)")
+  if multi and not method_multi:
+    raise ValueError(f"this method takes one teacher, but {len(teacher_graphdef)} teachers were given; for several "
+                     "teachers use kdjax.methods.multi_teacher_kd, or per_teacher to apply a single-teacher method "
+                     "to each")
+  if method_multi and not multi and (teacher_graphdef is not None or ema_decay is not None):
+    raise ValueError("this method takes several teachers: give them as a dict {name: teacher}"
+                     + (", not a moving average of the student" if ema_decay is not None else ""))
   if ema_decay is not None:
     if teacher_graphdef is not None:
       raise ValueError("ema_decay makes the student its own teacher; do not also give a teacher")

@@ -8,6 +8,7 @@ architectures run side by side in the same program.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import Any
 
@@ -18,10 +19,17 @@ from kdjax.data.augment import padded_batches, to_float
 from kdjax.models.functional import apply_model
 
 
+RESERVED_NAMES = ("ensemble", "student")  # keys of evaluate_ensemble's result
+
+
 def teacher_groups(graphdefs: Mapping[str, Any]) -> list[tuple[Any, tuple[str, ...]]]:
   """``[(graphdef, names)]``: teachers grouped by architecture, names sorted within and across groups."""
   if not graphdefs:
     raise ValueError("the teacher dict is empty: give at least one teacher")
+  reserved = sorted(set(graphdefs) & set(RESERVED_NAMES))
+  if reserved or not all(isinstance(n, str) and n and "/" not in n for n in graphdefs):
+    raise ValueError(f"teacher names must be non-empty strings without '/', other than {RESERVED_NAMES}; "
+                     f"got {sorted(map(repr, graphdefs))}")
   groups: list[tuple[Any, list[str]]] = []
   for name in sorted(graphdefs):
     for graphdef, names in groups:
@@ -65,9 +73,15 @@ def run_teachers(graphdefs: Mapping[str, Any], teacher_vars: Mapping[str, Any], 
 
 
 def make_ensemble_eval_step(graphdefs: Mapping[str, Any], student_graphdef=None):
+  return _ensemble_eval_step(tuple(sorted(graphdefs.items())), student_graphdef)
+
+
+@functools.lru_cache(maxsize=32)
+def _ensemble_eval_step(graphdef_items: tuple, student_graphdef):
   """Jitted ``step(teacher_vars, student_vars | None, images_uint8, labels, mask) -> counts``: each
   teacher's correct count, the ensemble's (mean of softmax probabilities) and, with a student,
   each teacher's agreement count with the student (same top-1 class)."""
+  graphdefs = dict(graphdef_items)
   names = [n for _, group in teacher_groups(graphdefs) for n in group]
 
   def step(teacher_vars, student_vars, images, labels, mask):
