@@ -16,7 +16,6 @@ settings, are listed with the reason instead of a number. Results go to ``WORKDI
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -24,7 +23,7 @@ import jax
 
 from kdjax.config import to_dict
 from kdjax.methods import PAPERS, make_method
-from kdjax.study import add_experiment_args, environment, experiment_config, experiment_data, mean_pm
+from kdjax.study import add_experiment_args, environment, experiment_config, experiment_data, mean_pm, select, write_results
 from kdjax.train import NonFiniteLossError, distill, train_student, train_teacher
 from kdjax.train.loop import steps_per_epoch
 
@@ -55,10 +54,7 @@ def main(argv: list[str] | None = None) -> None:
   add_experiment_args(p)
   p.add_argument("--methods", default=",".join(ROWS), help="comma-separated subset of: " + ", ".join(ROWS))
   args = p.parse_args(argv)
-  methods = args.methods.split(",")
-  unknown = [m for m in methods if m not in ROWS]
-  if unknown:
-    raise SystemExit(f"unknown method(s) {unknown}; choose from {', '.join(ROWS)}")
+  methods = select(args.methods, ROWS, "method")
   cfg = experiment_config(args, "feature_kd")
   seeds = list(cfg.seeds)
   data = experiment_data(cfg, args.subset)
@@ -107,11 +103,8 @@ def main(argv: list[str] | None = None) -> None:
                  f"{mean_pm([100 * r['accuracy'] for r in rs], '.2f')} | {len(rs)} | "
                  f"{mean_pm([r['wall_s'] for r in rs])} | {rs[0]['extra_params']:,} |")
   lines += ["", f"mean ± sample std over seeds; total wall time {time.perf_counter() - t0:.0f} s"]
-  table = "\n".join(lines)
-  print("\n" + table)
-  (out / "table.md").write_text(table + "\n")
-  (out / "results.json").write_text(json.dumps({"args": vars(args), "config": to_dict(cfg), "environment": environment(),
-                                                "teacher": teacher.test, "rows": rows}, indent=2))
+  write_results(out, "\n".join(lines), {"args": vars(args), "config": to_dict(cfg), "environment": environment(),
+                                        "teacher": teacher.test, "rows": rows})
 
 
 if __name__ == "__main__":

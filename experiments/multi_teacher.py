@@ -15,13 +15,12 @@ ensemble's errors. Results go to ``WORKDIR/multi_teacher/``.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 from kdjax.config import to_dict
 from kdjax.methods import combine, fitnet, hinton_kd, multi_teacher_kd, per_teacher, supervised
-from kdjax.study import add_experiment_args, environment, experiment_config, experiment_data, mean_pm
+from kdjax.study import add_experiment_args, environment, experiment_config, experiment_data, mean_pm, select, write_results
 from kdjax.train import distill, evaluate_ensemble, train_student, train_teacher
 
 
@@ -55,10 +54,7 @@ def main(argv: list[str] | None = None) -> None:
   add_experiment_args(p)
   p.add_argument("--rows", default=",".join(ROWS), help="comma-separated subset of: " + ", ".join(ROWS))
   args = p.parse_args(argv)
-  keys = args.rows.split(",")
-  unknown = [k for k in keys if k not in ROWS]
-  if unknown:
-    raise SystemExit(f"unknown row(s) {unknown}; choose from {', '.join(ROWS)}")
+  keys = select(args.rows, ROWS)
   cfg = experiment_config(args, "multi_teacher")
   seeds = list(cfg.seeds)
   data = experiment_data(cfg, args.subset)
@@ -110,12 +106,8 @@ def main(argv: list[str] | None = None) -> None:
                  f"{mean_pm([100 * r['accuracy'] for r in rs], '.2f')} | "
                  f"{mean_pm([100 * r['agreement'] for r in rs], '.2f')} | {mean_pm([r['wall_s'] for r in rs])} |")
   lines += ["", f"mean ± sample std over seeds; total wall time {time.perf_counter() - t0:.0f} s"]
-  table = "\n".join(lines)
-  print("\n" + table)
-  (out / "table.md").write_text(table + "\n")
-  (out / "results.json").write_text(json.dumps(
-      {"args": vars(args), "config": to_dict(cfg),
-       "environment": environment(), "teachers": ensemble, "rows": results}, indent=2))
+  write_results(out, "\n".join(lines), {"args": vars(args), "config": to_dict(cfg), "environment": environment(),
+                                        "teachers": ensemble, "rows": results})
 
 
 if __name__ == "__main__":

@@ -32,12 +32,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import time
 from pathlib import Path
 
 from kdjax.config import to_dict
-from kdjax.study import add_experiment_args, environment, experiment_config, experiment_data, mean_pm
+from kdjax.study import add_experiment_args, environment, experiment_config, experiment_data, mean_pm, select, write_results
 from kdjax.train import chain, distill, train_online, train_student, train_teacher
 from kdjax.train.loop import steps_per_epoch
 from kdjax.train.online import check_online
@@ -70,10 +69,7 @@ def main(argv: list[str] | None = None) -> None:
   p.add_argument("--burn-in-epochs", type=float, default=1.0,
                  help="co-distillation's burn-in before the peers' term is switched on, in epochs (default 1)")
   args = p.parse_args(argv)
-  rows = args.rows.split(",")
-  unknown = [r for r in rows if r not in ROWS and r not in PROGRESSIVE]
-  if unknown:
-    raise SystemExit(f"unknown row(s) {unknown}; choose from {', '.join([*ROWS, *PROGRESSIVE])}")
+  rows = select(args.rows, [*ROWS, *PROGRESSIVE])
   cfg = experiment_config(args, "online")
   try:
     if args.burn_in_epochs < 0:
@@ -152,12 +148,9 @@ def main(argv: list[str] | None = None) -> None:
       lines += ["", "assistants (mlp800 distilled from the teacher): "
                 + mean_pm([r["assistant"]["errors"] for r in results["small_takd"]]) + " test errors"]
   lines += ["", f"mean ± sample std over seeds; total wall time {time.perf_counter() - t0:.0f} s"]
-  table = "\n".join(lines)
-  print("\n" + table)
-  (out / "table.md").write_text(table + "\n")
-  (out / "results.json").write_text(json.dumps(
-      {"args": vars(args), "config": to_dict(cfg), "codistill": codistill, "environment": environment(),
-       "teacher": teacher.test if teacher else None, "rows": results}, indent=2))
+  write_results(out, "\n".join(lines), {"args": vars(args), "config": to_dict(cfg), "codistill": codistill,
+                                        "environment": environment(), "teacher": teacher.test if teacher else None,
+                                        "rows": results})
 
 
 if __name__ == "__main__":

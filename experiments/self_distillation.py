@@ -25,13 +25,12 @@ Results go to ``WORKDIR/self_distillation/``.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 from kdjax.config import to_dict
 from kdjax.methods import make_method
-from kdjax.study import add_experiment_args, environment, experiment_config, experiment_data, mean_pm
+from kdjax.study import add_experiment_args, environment, experiment_config, experiment_data, mean_pm, write_results
 from kdjax.train import (chain, distill, evaluate, evaluate_ensemble, evaluate_heads, make_eval_step, mean_teacher,
                          train_student, train_teacher)
 
@@ -100,11 +99,8 @@ def main(argv: list[str] | None = None) -> None:
                  f"{len(rs)} | {mean_pm([r['wall_s'] for r in rs])} |")
   lines += ["", f"mean ± sample std over seeds; the ensemble's wall time is its three generations'; "
             f"total wall time {time.perf_counter() - t0:.0f} s"]
-  table = "\n".join(lines)
-  print("\n" + table)
-  (out / "table.md").write_text(table + "\n")
-  (out / "results.json").write_text(json.dumps({"args": vars(args), "config": to_dict(cfg), "environment": environment(),
-                                                "teacher": teacher.test, "rows": rows}, indent=2))
+  write_results(out, "\n".join(lines), {"args": vars(args), "config": to_dict(cfg), "environment": environment(),
+                                        "teacher": teacher.test, "rows": rows})
 
 
 if __name__ == "__main__":

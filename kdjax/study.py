@@ -139,6 +139,23 @@ def add_experiment_args(parser, default_config: str = "hinton_mnist") -> None:
   parser.add_argument("--workdir", default="runs")
 
 
+def select(text: str, known, what: str = "row") -> list[str]:
+  """The comma-separated names in ``text``; an unknown one exits naming it and the known ones."""
+  names = text.split(",")
+  unknown = [n for n in names if n not in known]
+  if unknown:
+    raise SystemExit(f"unknown {what}(s) {unknown}; choose from {', '.join(known)}")
+  return names
+
+
+def write_results(out: Path, table: str, payload: dict[str, Any]) -> None:
+  """Prints an experiment's table and writes it to ``out/table.md``, with ``payload`` (the
+  arguments, config, environment and per-run numbers) in ``out/results.json``."""
+  print("\n" + table)
+  (out / "table.md").write_text(table + "\n")
+  (out / "results.json").write_text(json.dumps(payload, indent=2))
+
+
 def experiment_data(cfg: StudyConfig, subset: int | None = None) -> ArrayDataset:
   """The config's dataset, cut to its first ``subset`` training images when given."""
   data = load_dataset(cfg.dataset, tfds_data_dir=cfg.tfds_data_dir, download=cfg.download)

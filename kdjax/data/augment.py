@@ -40,6 +40,18 @@ def random_hflip(key: jax.Array, images_BxHxWxC: jax.Array) -> jax.Array:
   return jnp.where(flip, images_BxHxWxC[:, :, ::-1, :], images_BxHxWxC)
 
 
+def augment(key: jax.Array, images_uint8: jax.Array, jitter_pixels: int = 0, hflip: bool = False) -> jax.Array:
+  """uint8 images as float in [0, 1], jittered by up to ``jitter_pixels`` and randomly flipped
+  when asked: the train steps' augmentation, one key for all of it."""
+  x = to_float(images_uint8)
+  k_jitter, k_flip = jax.random.split(key)
+  if jitter_pixels:
+    x = jitter(k_jitter, x, jitter_pixels)
+  if hflip:
+    x = random_hflip(k_flip, x)
+  return x
+
+
 def padded_batches(images, labels, batch_size: int):
   """``(images, labels, mask)`` batches of exactly ``batch_size`` over a split: the last one is
   padded with zeros and masked, so an evaluation compiles once."""

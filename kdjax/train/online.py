@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import optax
 
 from kdjax.config import TrainConfig
-from kdjax.data.augment import jitter, random_hflip, to_float
+from kdjax.data.augment import augment, padded_batches, to_float
 from kdjax.data.dataset import ArrayDataset
 from kdjax.losses.online import online_kd_loss
 from kdjax.losses.validate import check_temperature
@@ -158,12 +158,7 @@ def make_online_step(graphdef, tx: optax.GradientTransformation, num_students: i
       raise ValueError(f"the step was built for {num_students} students, the state stacks "
                        f"{_num_students(state.params)}")
     rng, k_aug, k_drop = jax.random.split(state.rng, 3)
-    x = to_float(batch["image"])
-    k_jitter, k_flip = jax.random.split(k_aug)
-    if jitter_pixels:
-      x = jitter(k_jitter, x, jitter_pixels)
-    if hflip:
-      x = random_hflip(k_flip, x)
+    x = augment(k_aug, batch["image"], jitter_pixels, hflip)
     drop_keys = jax.random.split(k_drop, num_students)
     mimic_on = (state.step >= burn_in_steps).astype(jnp.float32)
 
@@ -232,13 +227,7 @@ def evaluate_online(eval_step: Callable, params, rest, images, labels, batch_siz
   """
   n = len(labels)
   sums = None
-  for start in range(0, n, batch_size):
-    xb, yb = images[start:start + batch_size], labels[start:start + batch_size]
-    pad = batch_size - len(yb)
-    mask = jnp.arange(batch_size) < len(yb)
-    if pad:
-      xb = jnp.concatenate([xb, jnp.zeros((pad, *xb.shape[1:]), xb.dtype)])
-      yb = jnp.concatenate([yb, jnp.zeros((pad,), yb.dtype)])
+  for xb, yb, mask in padded_batches(images, labels, batch_size):
     out = eval_step(params, rest, xb, yb, mask)
     sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
   correct_K, loss_K, ens_correct, ens_loss = jax.device_get(sums)

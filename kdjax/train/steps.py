@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from kdjax.data.augment import jitter, padded_batches, random_hflip, to_float
+from kdjax.data.augment import augment, padded_batches, to_float
 from kdjax.methods import Method, call_method
 from kdjax.models.functional import apply_model
 from kdjax.train.state import TrainState, trainables
@@ -34,7 +34,7 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, method: Method, 
 
   The method's own learnable parts (``state.method_params``) are differentiated
   and updated with the student. Augmentation (``jitter_pixels`` > 0, ``hflip``) runs on the device; the
-  teacher sees the same augmented view as the student. A step whose loss or gradient is not
+  teacher sees the same augmented view as the student (a mean teacher its own). A step whose loss or gradient is not
   finite leaves the state unchanged and reports ``finite = False``, so the last
   good state survives for the loop to keep.
 
@@ -43,7 +43,9 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, method: Method, 
   same-architecture teachers run stacked under one ``vmap``, see :mod:`kdjax.train.teachers`), or
   ``None``. ``ema_decay`` makes the teacher the exponential moving average of the student itself
   (mean teacher, Tarvainen & Valpola 2017): kept in ``state.ema``, updated after every step as
-  ``ema ← d·ema + (1 − d)·student``; ``teacher_vars`` is then ``None``.
+  ``ema ← d·ema + (1 − d)·student``, and shown its own augmentation draw of the batch (the
+  paper's two noise draws; with augmentation off both see the same images); ``teacher_vars`` is
+  then ``None``.
 
   Returns ``step(state, teacher_vars, batch) -> (state, metrics)``, jitted with
   the state donated; ``batch`` holds ``"image"``, ``"label"`` and, for methods with a memory bank,
@@ -73,20 +75,18 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, method: Method, 
 
   def step(state: TrainState, teacher_vars, batch):
     rng, k_aug, k_drop, k_method = jax.random.split(state.rng, 4)
-    x = to_float(batch["image"])
-    k_jitter, k_flip = jax.random.split(k_aug)
-    if jitter_pixels:
-      x = jitter(k_jitter, x, jitter_pixels)
-    if hflip:
-      x = random_hflip(k_flip, x)
+    x = augment(k_aug, batch["image"], jitter_pixels, hflip)
+    x_teacher = x
     if ema_decay is not None:
       teacher_vars = state.ema
+      # Mean teacher's consistency: the average sees its own augmentation draw of the batch.
+      x_teacher = augment(jax.random.fold_in(k_aug, 1), batch["image"], jitter_pixels, hflip)
     teacher = None
     if multi:
       teacher = run_teachers(teacher_graphdef, teacher_vars, x)
     elif teacher_graphdef is not None:
       t_logits, t_feats, _ = apply_model(teacher_graphdef, teacher_vars["params"], teacher_vars["rest"],
-                                         x, train=False)
+                                         x_teacher, train=False)
       teacher = jax.lax.stop_gradient((t_logits, t_feats))
 
     def loss_fn(trainable):
