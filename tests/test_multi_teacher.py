@@ -333,6 +333,8 @@ def test_chain_distills_each_model_from_the_one_before(data):
     np.testing.assert_array_equal(a, b)  # the last generation learned from the second model, not the first
   with pytest.raises(ValueError, match="at least two"):
     chain(data, cfgs[:1], alpha=0.5, temperature=4.0)
+  with pytest.raises(ValueError, match="1 seeds for 3 models"):
+    chain(data, cfgs, alpha=0.5, temperature=4.0, seeds=[1])
 
 
 def test_chain_from_a_trained_teacher_distills_the_first_config(data, teachers):
