@@ -156,15 +156,24 @@ def write_results(out: Path, table: str, payload: dict[str, Any]) -> None:
   (out / "results.json").write_text(json.dumps(payload, indent=2))
 
 
-def experiment_data(cfg: StudyConfig, subset: int | None = None) -> ArrayDataset:
-  """The config's dataset, cut to its first ``subset`` training images when given."""
-  data = load_dataset(cfg.dataset, tfds_data_dir=cfg.tfds_data_dir, download=cfg.download)
+def subset_data(data: ArrayDataset, subset: int | None) -> ArrayDataset:
+  """``data`` with only its first ``subset`` training images (all of them for ``None``)."""
   if subset is None:
     return data
   if not 0 < subset <= len(data.train_labels):
-    raise SystemExit(f"--subset must lie in [1, {len(data.train_labels)}] for {data.name}, got {subset}")
+    raise ValueError(f"--subset must lie in [1, {len(data.train_labels)}] for {data.name}, got {subset}")
   return dataclasses.replace(data, name=f"{data.name}[:{subset}]", train_images=data.train_images[:subset],
                              train_labels=data.train_labels[:subset])
+
+
+def experiment_data(cfg: StudyConfig, subset: int | None = None) -> ArrayDataset:
+  """The config's dataset, cut to its first ``subset`` training images when given; a bad subset
+  exits with a message (for the experiment scripts)."""
+  data = load_dataset(cfg.dataset, tfds_data_dir=cfg.tfds_data_dir, download=cfg.download)
+  try:
+    return subset_data(data, subset)
+  except ValueError as e:
+    raise SystemExit(str(e)) from None
 
 
 def experiment_config(args, prog: str) -> StudyConfig:

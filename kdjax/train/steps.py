@@ -27,6 +27,53 @@ def teacher_variables(params, rest) -> dict[str, Any]:
   return {"params": params, "rest": rest}
 
 
+def update_student(graphdef, tx: optax.GradientTransformation, method: Method, state: TrainState, teacher, x,
+                   batch, *, rng, k_drop, k_method, lr_scale=None, ema_update=None) -> tuple[TrainState, dict]:
+  """One optimizer step of the student and the method's own parts on the augmented images ``x``,
+  given the teacher's outputs: the body every train step shares (:func:`make_train_step`, and
+  the sweep's vmapped step, which runs it once per student).
+
+  ``lr_scale`` multiplies the optimizer's update (the learning rate, for an optimizer built with
+  ``learning_rate=1``; SGD's and AdamW's updates are linear in it). ``ema_update(ema, new)`` gives
+  the new moving average from the updated ``{"params", "rest"}``. Returns ``(state, metrics)``; a
+  non-finite loss or gradient keeps the old state (step and key still advance), ``finite = False``.
+  """
+
+  def loss_fn(trainable):
+    logits, feats, new_rest = apply_model(graphdef, trainable["student"], state.rest, x, train=True, rngs=k_drop)
+    loss_B, terms, method_state = call_method(method, logits, feats, teacher,
+                                              {**batch, "step": state.step, "key": k_method},
+                                              trainable["method"], state.method_state)
+    return jnp.mean(loss_B), (logits, terms, new_rest, jax.lax.stop_gradient(method_state))
+
+  trainable = trainables(state.params, state.method_params)
+  (loss, (logits, terms, new_rest, method_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable)
+  updates, opt_state = tx.update(grads, state.opt_state, trainable)
+  if lr_scale is not None:
+    updates = jax.tree.map(lambda u: lr_scale * u, updates)
+  new_trainable = optax.apply_updates(trainable, updates)
+  grad_norm = optax.tree.norm(grads)
+  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+  ema = state.ema if ema_update is None else ema_update(state.ema, teacher_variables(new_trainable["student"], new_rest))
+  updated = TrainState(new_trainable["student"], new_rest, opt_state, state.step + 1, rng,
+                       new_trainable["method"], method_state, ema)
+  kept = state._replace(step=state.step + 1, rng=rng)
+  new_state = jax.tree.map(lambda a, b: jnp.where(finite, a, b), updated, kept)
+  predicted = jnp.argmax(logits, -1)
+  metrics = {
+      "loss": loss,
+      "accuracy": jnp.mean(predicted == batch["label"]),
+      "grad_norm": grad_norm,
+      "finite": finite,
+      **{k: jnp.mean(v) for k, v in terms.items()},
+  }
+  if isinstance(teacher, dict):
+    metrics.update({f"agreement/{n}": jnp.mean(predicted == jnp.argmax(t[0], -1)) for n, t in teacher.items()})
+  elif teacher is not None:
+    metrics["teacher_agreement"] = jnp.mean(predicted == jnp.argmax(teacher[0], -1))
+  return new_state, metrics
+
+
 def make_train_step(graphdef, tx: optax.GradientTransformation, method: Method, *,
                     teacher_graphdef=None, jitter_pixels: int = 0, hflip: bool = False,
                     ema_decay: float | None = None) -> Callable:
@@ -73,6 +120,10 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, method: Method, 
   if getattr(method, "needs_teacher", False) and teacher_graphdef is None:
     raise ValueError("this method needs a teacher, but no teacher was given")
 
+  def ema_update(ema, new):  # ema <- d·ema + (1 - d)·student, on the floating-point variables
+    return jax.tree.map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p
+                        if jnp.issubdtype(p.dtype, jnp.floating) else p, ema, new)
+
   def step(state: TrainState, teacher_vars, batch):
     rng, k_aug, k_drop, k_method = jax.random.split(state.rng, 4)
     x = augment(k_aug, batch["image"], jitter_pixels, hflip)
@@ -89,41 +140,8 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, method: Method, 
                                          x_teacher, train=False)
       teacher = jax.lax.stop_gradient((t_logits, t_feats))
 
-    def loss_fn(trainable):
-      logits, feats, new_rest = apply_model(graphdef, trainable["student"], state.rest, x, train=True,
-                                            rngs=k_drop)
-      loss_B, terms, method_state = call_method(method, logits, feats, teacher,
-                                                {**batch, "step": state.step, "key": k_method},
-                                                trainable["method"], state.method_state)
-      return jnp.mean(loss_B), (logits, terms, new_rest, jax.lax.stop_gradient(method_state))
-
-    trainable = trainables(state.params, state.method_params)
-    (loss, (logits, terms, new_rest, method_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable)
-    updates, opt_state = tx.update(grads, state.opt_state, trainable)
-    new_trainable = optax.apply_updates(trainable, updates)
-    grad_norm = optax.tree.norm(grads)
-    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-    ema = state.ema
-    if ema_decay is not None:
-      ema = jax.tree.map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p if jnp.issubdtype(p.dtype, jnp.floating)
-                         else p, state.ema, teacher_variables(new_trainable["student"], new_rest))
-    updated = TrainState(new_trainable["student"], new_rest, opt_state, state.step + 1, rng,
-                         new_trainable["method"], method_state, ema)
-    kept = state._replace(step=state.step + 1, rng=rng)
-    new_state = jax.tree.map(lambda a, b: jnp.where(finite, a, b), updated, kept)
-    predicted = jnp.argmax(logits, -1)
-    metrics = {
-        "loss": loss,
-        "accuracy": jnp.mean(predicted == batch["label"]),
-        "grad_norm": grad_norm,
-        "finite": finite,
-        **{k: jnp.mean(v) for k, v in terms.items()},
-    }
-    if multi:
-      metrics.update({f"agreement/{n}": jnp.mean(predicted == jnp.argmax(t[0], -1)) for n, t in teacher.items()})
-    elif teacher is not None:
-      metrics["teacher_agreement"] = jnp.mean(predicted == jnp.argmax(teacher[0], -1))
-    return new_state, metrics
+    return update_student(graphdef, tx, method, state, teacher, x, batch, rng=rng, k_drop=k_drop,
+                          k_method=k_method, ema_update=ema_update if ema_decay is not None else None)
 
   return jax.jit(step, donate_argnums=0)
 

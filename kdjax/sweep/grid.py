@@ -1,0 +1,212 @@
+"""Sweep grids: ``key=v1,v2`` items, expanded into runs, grouped into runs that train together.
+
+Grid keys:
+
+- ``method``: registered method names (``kdjax list``); default ``hinton``.
+- ``seed``: integer seeds; default the preset's ``seeds``.
+- ``temperature`` and ``alpha``: the KD temperature and the weight of the label term, as in the
+  study config; they apply to the logit methods that take them (:data:`KD_TEMPERATURE`,
+  :data:`KD_ALPHA`) and are dropped from the others' variants (``supervised`` at three
+  temperatures is one variant, trained once per seed).
+- ``method.<name>``: a hyperparameter of the method (``method.beta=4,8`` for DKD); dropped from the
+  variants of methods that do not take it.
+- anything else: a study config key, as ``--set`` takes it (``distilled.learning_rate``,
+  ``distilled.model``, ``teacher.model``, ``distilled.epochs``, ...).
+
+Runs that differ only in :data:`VMAPPED` keys (seed, T, α, learning rate, DKD's/DIST's β) form one
+group: one vmapped program trains them all and runs the teacher once per batch for the group.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import itertools
+from collections.abc import Sequence
+from typing import Any
+
+from kdjax.config import StudyConfig, override, validate_study
+
+KD_TEMPERATURE = ("hinton", "reverse_kd", "js_kd", "dkd", "dist")  # methods whose `temperature` is the KD one
+KD_ALPHA = ("hinton", "reverse_kd", "js_kd")  # methods whose `alpha` weighs the label term
+VMAPPED = ("seed", "temperature", "alpha", "distilled.learning_rate", "method.beta")
+VMAPPED_METHOD_HPARAMS = {"beta": ("dkd", "dist")}  # method.<h>: the methods where h is a plain scalar factor
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+  """One run of a sweep: its study config, method and hyperparameters, and seed."""
+
+  cfg: StudyConfig  # the preset with this run's study keys applied (cfg.distilled is the student's config)
+  method: str
+  hparams: tuple[tuple[str, Any], ...]  # the method's keyword arguments (T and α included where they apply)
+  seed: int
+  values: tuple[tuple[str, Any], ...]  # the grid values that apply to this run, in grid order (seed included)
+
+  @property
+  def variant(self) -> str:
+    """The run's grid values except the seed: ``"method=hinton temperature=4"``."""
+    return " ".join(f"{k}={_fmt(v)}" for k, v in self.values if k != "seed") or "base"
+
+  @property
+  def group_key(self) -> tuple:
+    """Equal for runs that can train in one vmapped program."""
+    vmapped = [k for k in VMAPPED if not k.startswith("method.")
+               or self.method in VMAPPED_METHOD_HPARAMS.get(k.split(".", 1)[1], ())]
+    return (tuple((k, v) for k, v in self.values if k not in vmapped), self.method)
+
+  def config(self) -> dict[str, Any]:
+    """The run's full config as JSON-able data (what the results store keeps and hashes)."""
+    return {"study": dataclasses.asdict(self.cfg), "method": self.method, "hparams": dict(self.hparams),
+            "seed": self.seed, **{k: v for k, v in self.values}}
+
+
+def _fmt(v) -> str:
+  return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def _method_params(name: str) -> dict[str, inspect.Parameter]:
+  from kdjax.methods import _METHODS
+  return dict(inspect.signature(_METHODS[name]).parameters)
+
+
+def _typed(key: str, text: str, default) -> Any:
+  if isinstance(default, bool):
+    if text.lower() in ("true", "1", "yes", "false", "0", "no"):
+      return text.lower() in ("true", "1", "yes")
+    raise ValueError(f"grid key {key!r}: expected true or false, got {text!r}")
+  for tp in (int, float):
+    if isinstance(default, tp):
+      try:
+        return tp(text) if tp is not int else int(text)
+      except ValueError:
+        if tp is int:
+          try:
+            return float(text)  # an int default (e.g. 0) may take a float
+          except ValueError:
+            pass
+        raise ValueError(f"grid key {key!r}: expected a number, got {text!r}") from None
+  try:  # no usable default (a required argument, None): a number if it reads as one
+    return float(text)
+  except ValueError:
+    return text
+
+
+def parse_grid(items: Sequence[str], base: StudyConfig) -> dict[str, list]:
+  """``["temperature=1,4,8", "seed=0,1"]`` → ``{"temperature": [1.0, 4.0, 8.0], "seed": [0, 1]}``, typed
+  and checked against ``base``: an empty grid, a key given twice, a key with no values, an unknown
+  key, a method that does not exist or a value of the wrong type fails here, naming the key, before
+  any training."""
+  from kdjax.methods import method_names
+  if not items:
+    raise ValueError("empty grid: give at least one key=v1,v2 (e.g. temperature=1,4,8)")
+  grid: dict[str, list] = {}
+  for item in items:
+    key, sep, text = item.partition("=")
+    key = key.strip()
+    if not sep or not key:
+      raise ValueError(f"grid item {item!r} is not of the form key=v1,v2")
+    if key in grid:
+      raise ValueError(f"grid key {key!r} is given twice")
+    texts = [t.strip() for t in text.split(",") if t.strip()]
+    if not texts:
+      raise ValueError(f"grid key {key!r} has no values")
+    if len(set(texts)) != len(texts):
+      raise ValueError(f"grid key {key!r} repeats a value: {texts}")
+    if key == "method":
+      unknown = [t for t in texts if t not in method_names()]
+      if unknown:
+        raise ValueError(f"grid key 'method': unknown method(s) {unknown}; known: {', '.join(method_names())}")
+      grid[key] = texts
+    elif key == "seed":
+      try:
+        grid[key] = [int(t) for t in texts]
+      except ValueError:
+        raise ValueError(f"grid key 'seed': seeds are integers, got {texts}") from None
+    elif key.startswith("method."):
+      grid[key] = texts  # typed per method in expand(), where the method is known
+    else:
+      values = []
+      for t in texts:
+        try:
+          cfg = override(base, [f"{key}={t}"])
+        except ValueError as e:
+          raise ValueError(f"grid key {key!r}: {e}") from None
+        values.append(_get(cfg, key))
+      grid[key] = values
+  methods = grid.get("method", ["hinton"])
+  for key in (k for k in grid if k.startswith("method.")):
+    name = key.split(".", 1)[1]
+    if not any(name in _method_params(m) for m in methods):
+      raise ValueError(f"grid key {key!r}: none of the methods {methods} takes {name!r}")
+  return grid
+
+
+def _get(cfg, dotted: str):
+  for part in dotted.split("."):
+    cfg = getattr(cfg, part)
+  return cfg
+
+
+def expand(grid: dict[str, list], base: StudyConfig) -> list[Run]:
+  """Every run of the grid (its cartesian product), with the keys that do not apply to a run's
+  method dropped and the runs that then coincide merged; each run's study config is validated."""
+  from kdjax.methods import make_method
+  keys = list(grid)
+  runs: dict[tuple, Run] = {}
+  for combo in itertools.product(*(grid[k] for k in keys)):
+    values = dict(zip(keys, combo))
+    method = values.get("method", "hinton")
+    params = _method_params(method)
+    applied: list[tuple[str, Any]] = []
+    study_items = []
+    hparams: dict[str, Any] = {}
+    for k in keys:
+      v = values[k]
+      if k in ("temperature", "alpha"):
+        if method in (KD_TEMPERATURE if k == "temperature" else KD_ALPHA):
+          study_items.append(f"{k}={v}")
+          applied.append((k, v))
+      elif k.startswith("method."):
+        name = k.split(".", 1)[1]
+        if name in params:
+          default = params[name].default
+          hparams[name] = _typed(k, v, None if default is inspect.Parameter.empty else default)
+          applied.append((k, hparams[name]))
+      elif k not in ("method", "seed"):
+        study_items.append(f"{k}={v}")
+        applied.append((k, v))
+      else:
+        applied.append((k, v))
+    cfg = override(base, study_items)
+    try:
+      validate_study(cfg)
+    except ValueError as e:
+      raise ValueError(f"grid values {dict(applied)}: {e}") from None
+    if method in KD_TEMPERATURE:
+      hparams.setdefault("temperature", cfg.temperature)
+    if method in KD_ALPHA:
+      hparams.setdefault("alpha", cfg.alpha)
+    try:
+      make_method(method, **hparams)  # the method's own checks (ranges, types), before any training
+    except (ValueError, TypeError) as e:
+      raise ValueError(f"grid values {dict(applied)}: {e}") from None
+    seed = values.get("seed")
+    seeds = [seed] if seed is not None else list(base.seeds)
+    for s in seeds:
+      vals = tuple(applied) if seed is not None else (*applied, ("seed", s))
+      run = Run(cfg, method, tuple(sorted(hparams.items())), s, vals)
+      runs.setdefault(vals, run)
+  return list(runs.values())
+
+
+def group_runs(runs: Sequence[Run], max_parallel: int | None = None) -> list[list[Run]]:
+  """Runs that can train together (equal :attr:`Run.group_key`), in first-seen order, each group
+  cut into chunks of at most ``max_parallel`` runs (the cap on students held in memory at once)."""
+  if max_parallel is not None and max_parallel < 1:
+    raise ValueError(f"max_parallel must be >= 1, got {max_parallel}")
+  groups: dict[tuple, list[Run]] = {}
+  for run in runs:
+    groups.setdefault(run.group_key, []).append(run)
+  cap = max_parallel or max((len(g) for g in groups.values()), default=1)
+  return [g[i:i + cap] for g in groups.values() for i in range(0, len(g), cap)]

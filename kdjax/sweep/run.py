@@ -1,0 +1,109 @@
+"""``run_sweep``: a grid of runs, trained group by group, stored run by run, reported at the end.
+
+Every finished run is appended to ``OUT/results.jsonl`` at once (see :mod:`kdjax.sweep.store`),
+so an interrupted sweep loses at most the group in flight; run it again with the same grid and it
+skips the finished runs (matched by :func:`kdjax.sweep.store.run_id` of their config) and trains
+the rest. Teachers are trained once per teacher config (seed ``teacher_seed``) and shared by every
+run that distills from them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any
+
+from kdjax.config import StudyConfig, TrainConfig
+from kdjax.data import ArrayDataset, load_dataset
+from kdjax.methods import make_method
+from kdjax.study import check_models_fit_data, environment, subset_data
+from kdjax.sweep.grid import Run, expand, group_runs, parse_grid
+from kdjax.sweep.report import write_report
+from kdjax.sweep.store import append_record, best_and_final, finished_ids, load_records, run_id
+from kdjax.sweep.train import train_group
+from kdjax.train import TrainedModel, train_teacher
+
+# Study fields that do not change what a run computes: left out of a run's identity.
+_NOT_IN_IDENTITY = ("name", "workdir", "seeds", "student", "augmented_control")
+
+
+@dataclasses.dataclass
+class SweepResult:
+  out_dir: Path
+  records: list[dict[str, Any]]  # this sweep's runs, finished now or earlier
+  trained: int  # runs trained by this call
+  skipped: int  # runs found finished in the store
+  reports: dict[str, Path]
+  wall_s: float
+
+
+def run_config(run: Run, *, data_seed: int, teacher_seed: int, subset: int | None) -> dict[str, Any]:
+  """What identifies a run in the store: its study config (less bookkeeping fields), method,
+  hyperparameters, seed, grid values, and the sweep-level seeds and data subset."""
+  config = run.config()
+  config["study"] = {k: v for k, v in config["study"].items() if k not in _NOT_IN_IDENTITY}
+  return {**config, "data_seed": data_seed, "teacher_seed": teacher_seed, "subset": subset}
+
+
+def run_sweep(base: StudyConfig, grid_items: list[str], *, out_dir: str | Path, max_parallel: int | None = None,
+              data: ArrayDataset | None = None, subset: int | None = None, data_seed: int = 0, teacher_seed: int = 0,
+              baseline: str | None = None, progress: bool = True) -> SweepResult:
+  """Runs every run of the grid ``grid_items`` over the preset ``base`` (see
+  :mod:`kdjax.sweep.grid` for the keys); runs differing only in seed and scalar hyperparameters
+  train together, at most ``max_parallel`` at once. Writes ``results.jsonl``, ``report.md``, CSV
+  tables and plots under ``out_dir``. ``baseline`` is the variant the paired comparison is
+  against (default: ``method=supervised`` when the grid has it, else the first variant)."""
+  grid = parse_grid(grid_items, base)
+  runs = expand(grid, base)
+  if max_parallel is not None and max_parallel < 1:
+    raise ValueError(f"max_parallel must be >= 1, got {max_parallel}")
+  variants = list(dict.fromkeys(r.variant for r in runs))
+  if baseline is not None and baseline not in variants:
+    raise ValueError(f"baseline {baseline!r} is not a variant of this grid; variants: {variants}")
+  if baseline is None:
+    baseline = next((v for v in variants if v.split(" ")[0] == "method=supervised"), variants[0])
+  if data is None:
+    data = load_dataset(base.dataset, tfds_data_dir=base.tfds_data_dir, download=base.download)
+  data = subset_data(data, subset)
+  for cfg in dict.fromkeys(r.cfg for r in runs):  # every teacher and student of the grid takes this data
+    check_models_fit_data(cfg, data)
+  out_dir = Path(out_dir)
+  out_dir.mkdir(parents=True, exist_ok=True)
+  store = out_dir / "results.jsonl"
+  ids = {id(r): run_id(run_config(r, data_seed=data_seed, teacher_seed=teacher_seed, subset=subset)) for r in runs}
+  done = finished_ids(store)
+  todo = [r for r in runs if ids[id(r)] not in done]
+  groups = group_runs(todo, max_parallel)
+  if progress:
+    print(f"sweep: {len(runs)} runs ({len(variants)} variants), {len(runs) - len(todo)} already finished in {store}, "
+          f"{len(todo)} to train in {len(groups)} vmapped group(s)", flush=True)
+  env = environment()
+  teachers: dict[TrainConfig, TrainedModel] = {}
+  t0 = time.perf_counter()
+  for i, group in enumerate(groups, start=1):
+    first = group[0]
+    teacher = None
+    if getattr(make_method(first.method, **dict(first.hparams)), "needs_teacher", False):
+      if first.cfg.teacher not in teachers:
+        teachers[first.cfg.teacher] = train_teacher(data, first.cfg.teacher, seed=teacher_seed, progress=progress,
+                                                    desc=f"teacher {first.cfg.teacher.model}")
+      teacher = teachers[first.cfg.teacher]
+    results = train_group(data, group, teacher, data_seed=data_seed, progress=progress,
+                          desc=f"group {i}/{len(groups)}: {first.method} x{len(group)}")
+    for run, res in zip(group, results):
+      best, final = best_and_final(res["history"])
+      append_record(store, {"run_id": ids[id(run)], "variant": run.variant, "seed": run.seed,
+                            "config": run_config(run, data_seed=data_seed, teacher_seed=teacher_seed, subset=subset),
+                            "history": res["history"], "final": final, "best": best, "wall_s": round(res["wall_s"], 3),
+                            "skipped_steps": res["skipped_steps"], "group_size": len(group),
+                            "teacher": teacher.test if teacher is not None else None, "dataset": data.name,
+                            "kdjax": env["kdjax"], "jax": env["jax"], "device": env["device"], "date": env["date"]})
+    if progress:
+      print(f"group {i}/{len(groups)} ({first.method}, {len(group)} runs): "
+            + ", ".join(f"{r.variant} seed {r.seed}: {res['history'][-1]['test_errors']} errors"
+                        for r, res in zip(group, results)), flush=True)
+  wanted = set(ids.values())
+  records = [r for r in load_records(store) if r["run_id"] in wanted]
+  reports = write_report(records, out_dir, baseline=baseline, sweep_keys=list(grid))
+  return SweepResult(out_dir, records, len(todo), len(runs) - len(todo), reports, time.perf_counter() - t0)

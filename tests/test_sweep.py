@@ -1,0 +1,144 @@
+"""Sweeps: grids, vmapped groups equal to separate runs, resume, the CLI end to end, bad grids."""
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+
+from kdjax.cli import main as cli
+from kdjax.config import override
+from kdjax.presets import PRESETS
+from kdjax.sweep import expand, group_runs, load_records, parse_grid, run_sweep
+from kdjax.sweep import run as sweep_run
+from kdjax.sweep.train import train_group
+from kdjax.train import train_teacher
+
+BASE = override(PRESETS["hinton_mnist"], ["distilled.epochs=2", "teacher.epochs=1", "distilled.batch_size=50",
+                                          "teacher.batch_size=50"])
+
+
+@pytest.fixture(scope="module")
+def data(small_mnist):
+  return dataclasses.replace(small_mnist, train_images=small_mnist.train_images[:400],
+                             train_labels=small_mnist.train_labels[:400], test_images=small_mnist.test_images[:200],
+                             test_labels=small_mnist.test_labels[:200])
+
+
+@pytest.fixture(scope="module")
+def teacher(data):
+  return train_teacher(data, BASE.teacher, progress=False)
+
+
+def test_grid_expands_drops_keys_a_method_does_not_take_and_groups_scalar_variations():
+  runs = expand(parse_grid(["method=supervised,hinton,dkd", "temperature=2,8", "seed=0,1", "method.beta=4,8"], BASE),
+                BASE)
+  variants = list(dict.fromkeys(r.variant for r in runs))
+  assert variants == ["method=supervised", "method=hinton temperature=2", "method=hinton temperature=8",
+                      "method=dkd temperature=2 method.beta=4", "method=dkd temperature=2 method.beta=8",
+                      "method=dkd temperature=8 method.beta=4", "method=dkd temperature=8 method.beta=8"]
+  assert len(runs) == 2 * len(variants)
+  hinton = next(r for r in runs if r.method == "hinton")
+  assert dict(hinton.hparams) == {"alpha": BASE.alpha, "temperature": 2.0}
+  groups = group_runs(runs)
+  assert [(g[0].method, len(g)) for g in groups] == [("supervised", 2), ("hinton", 4), ("dkd", 8)]
+  assert [len(g) for g in group_runs(runs, max_parallel=3)] == [2, 3, 1, 3, 3, 2]
+  # a key that is not vmapped (the student's epochs) splits groups
+  runs = expand(parse_grid(["distilled.epochs=1,2", "seed=0,1"], BASE), BASE)
+  assert sorted(len(g) for g in group_runs(runs)) == [2, 2]
+
+
+@pytest.mark.parametrize("items,match", [
+    ([], "empty grid"),
+    (["temperature"], "not of the form"),
+    (["temperature="], "'temperature' has no values"),
+    (["temprature=1,2"], "unknown config key 'temprature'"),
+    (["temperature=hot"], "'temperature'.*expected float"),
+    (["seed=0,one"], "'seed'.*integers"),
+    (["method=hinton,kd2"], "unknown method.*kd2"),
+    (["method.gamma=1"], "'method.gamma'.*none of the methods"),
+    (["method=dkd", "method.beta=big"], "'method.beta'.*expected a number"),
+    (["temperature=0"], "temperature must be"),
+    (["seed=1", "seed=2"], "given twice"),
+])
+def test_bad_grids_fail_before_any_training(items, match, monkeypatch, tmp_path):
+  def no_training(*args, **kwargs):
+    raise AssertionError("training started")
+  monkeypatch.setattr(sweep_run, "train_group", no_training)
+  monkeypatch.setattr(sweep_run, "load_dataset", no_training)
+  with pytest.raises(ValueError, match=match):
+    run_sweep(BASE, items, out_dir=tmp_path)
+
+
+def test_a_vmapped_group_gives_each_run_what_it_gets_alone(data, teacher):
+  runs = expand(parse_grid(["temperature=1,4", "distilled.learning_rate=0.05,0.1", "seed=0,1"], BASE), BASE)
+  (group,) = group_runs(runs)
+  assert len(group) == 8
+  together = train_group(data, group, teacher, progress=False)
+  for run, res in zip(group[::3], together[::3]):  # every third run, alone
+    (alone,) = train_group(data, [run], teacher, progress=False)
+    for a, b in zip(res["history"], alone["history"]):
+      np.testing.assert_allclose(a["train_loss"], b["train_loss"], rtol=1e-4)
+      assert abs(a["test_errors"] - b["test_errors"]) <= 2  # a borderline image may flip with rounding
+  # the hyperparameters reach their students: different T or learning rate, different training
+  losses = [r["history"][-1]["train_loss"] for r in together]
+  assert len({round(x, 4) for x in losses}) == len(losses)
+
+
+def test_a_diverging_run_skips_its_steps_and_the_others_train_on(data, teacher):
+  runs = expand(parse_grid(["distilled.learning_rate=0.05,1e30", "seed=0"], BASE), BASE)
+  good, bad = train_group(data, runs, teacher, progress=False)
+  assert good["skipped_steps"] == 0 and bad["skipped_steps"] > 0
+  (alone,) = train_group(data, runs[:1], teacher, progress=False)  # the good run trains as if it were alone
+  np.testing.assert_allclose([h["train_loss"] for h in good["history"]], [h["train_loss"] for h in alone["history"]],
+                             rtol=1e-4)
+  assert good["history"][-1]["test_accuracy"] > 0.3  # far above chance (0.1) after 16 steps
+
+
+def test_sweep_resumes_skipping_exactly_the_finished_runs_and_reports(data, monkeypatch, tmp_path):
+  grid = ["method=supervised,hinton", "temperature=2,8", "seed=0,1"]
+  calls = []
+  real = sweep_run.train_group
+
+  def crash_on_second_group(d, group, *args, **kwargs):
+    calls.append([(r.variant, r.seed) for r in group])
+    if len(calls) == 2:
+      raise KeyboardInterrupt  # the machine goes down mid-sweep
+    return real(d, group, *args, **kwargs)
+
+  monkeypatch.setattr(sweep_run, "train_group", crash_on_second_group)
+  with pytest.raises(KeyboardInterrupt):
+    run_sweep(BASE, grid, out_dir=tmp_path, data=data, progress=False)
+  finished = load_records(tmp_path / "results.jsonl")
+  assert [(r["variant"], r["seed"]) for r in finished] == calls[0] == [("method=supervised", 0), ("method=supervised", 1)]
+
+  calls.clear()
+  monkeypatch.setattr(sweep_run, "train_group", lambda d, group, *a, **k: calls.append(group) or real(d, group, *a, **k))
+  result = run_sweep(BASE, grid, out_dir=tmp_path, data=data, progress=False, max_parallel=3)
+  assert (result.trained, result.skipped) == (4, 2)
+  assert sorted((r.variant, r.seed) for g in calls for r in g) == [
+      ("method=hinton temperature=2", 0), ("method=hinton temperature=2", 1),
+      ("method=hinton temperature=8", 0), ("method=hinton temperature=8", 1)]
+  assert [len(g) for g in calls] == [3, 1]
+  assert len(load_records(tmp_path / "results.jsonl")) == 6
+  assert run_sweep(BASE, grid, out_dir=tmp_path, data=data, progress=False).trained == 0
+  report = (tmp_path / "report.md").read_text()
+  assert "Last-epoch test accuracy" in report and "Best-epoch test accuracy" in report
+  assert "| method=hinton temperature=8 | 2 |" in report
+  for name in ("curves.png", "accuracy_final.png", "accuracy_vs_temperature.png"):
+    assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  record = load_records(tmp_path / "results.jsonl")[-1]
+  assert record["config"]["study"]["distilled"]["epochs"] == 2 and len(record["history"]) == 2
+  assert record["final"]["epoch"] == 2 and record["best"]["accuracy"] >= record["final"]["accuracy"]
+
+
+def test_cli_sweep_runs_and_rejects_a_bad_grid(tmp_path, capsys):
+  args = ["sweep", "--grid", "temperature=2,4", "--grid", "seed=0", "--set", "distilled.epochs=1",
+          "--set", "teacher.epochs=1", "--subset", "300", "--out", str(tmp_path), "--no-progress"]
+  assert cli(args) == 0
+  out = capsys.readouterr().out
+  assert "| temperature=4 | 1 |" in out
+  records = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
+  assert [r["variant"] for r in records] == ["temperature=2", "temperature=4"]
+  assert cli(["sweep", "--grid", "temperature=2,4", "--grid", "alpah=0.1", "--out", str(tmp_path)]) == 2
+  assert "unknown config key 'alpah'" in capsys.readouterr().err
