@@ -63,9 +63,8 @@ def run_sweep(base: StudyConfig, grid_items: list[str], *, out_dir: str | Path, 
     raise ValueError(f"baseline {baseline!r} is not a variant of this grid; variants: {variants}")
   if baseline is None:
     baseline = next((v for v in variants if v.split(" ")[0] == "method=supervised"), variants[0])
-  if data is None:
-    data = load_dataset(base.dataset, tfds_data_dir=base.tfds_data_dir, download=base.download)
-  data = subset_data(data, subset)
+  if data is None:  # a given dataset is used as it is; `subset` then only records how it was cut
+    data = subset_data(load_dataset(base.dataset, tfds_data_dir=base.tfds_data_dir, download=base.download), subset)
   for cfg in dict.fromkeys(r.cfg for r in runs):  # every teacher and student of the grid takes this data
     check_models_fit_data(cfg, data)
   out_dir = Path(out_dir)

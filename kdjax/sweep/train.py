@@ -79,6 +79,34 @@ def make_sweep_step(graphdef, tx, method_name: str, static_hparams: dict[str, An
   return jax.jit(step, donate_argnums=0)
 
 
+def init_group(runs: Sequence[Run], tx, num_classes: int, input_shape, teacher_shapes, num_examples: int):
+  """``(graphdef, stacked state)`` of a group's students: run k's model initialized from its seed,
+  its method's parts and state, its optimizer state, key and step, stacked along a leading axis."""
+  cfg = runs[0].cfg.distilled
+  graphdef, states = None, []
+  for run in runs:
+    model = create_model(cfg.model, num_classes=num_classes, input_shape=input_shape, seed=run.seed,
+                         **cfg.model_options())
+    g, params, rest = split_model(model)
+    graphdef = g if graphdef is None else graphdef
+    key = jax.random.key(run.seed)
+    method = make_method(run.method, **dict(run.hparams))
+    m_params, m_state = init_method(method, jax.random.fold_in(key, 2), feature_shapes(g, params, rest, input_shape),
+                                    teacher_shapes, num_examples)
+    states.append(TrainState(params, rest, tx.init(trainables(params, m_params)), jnp.zeros((), jnp.int32),
+                             jax.random.fold_in(key, 1), m_params, m_state))
+  return graphdef, stack_trees(states)
+
+
+def group_hparams(runs: Sequence[Run]) -> dict[str, jax.Array]:
+  """The group's per-student hyperparameters as ``[K]`` arrays: each of :data:`TRACED` the method
+  takes, and ``"learning_rate"``."""
+  traced = [k for k in TRACED if k in dict(runs[0].hparams)]
+  hp = {k: jnp.asarray([dict(r.hparams)[k] for r in runs], jnp.float32) for k in traced}
+  hp["learning_rate"] = jnp.asarray([r.cfg.distilled.learning_rate for r in runs], jnp.float32)
+  return hp
+
+
 def train_group(data: ArrayDataset, runs: Sequence[Run], teacher: TrainedModel | None, *, data_seed: int = 0,
                 progress: bool = True, desc: str = "sweep") -> list[dict[str, Any]]:
   """Trains ``runs`` (one group, see :func:`kdjax.sweep.grid.group_runs`) together; returns one
@@ -88,9 +116,7 @@ def train_group(data: ArrayDataset, runs: Sequence[Run], teacher: TrainedModel |
   first = runs[0]
   cfg = first.cfg.distilled
   k_students = len(runs)
-  hparams = dict(first.hparams)
-  traced = [k for k in TRACED if k in hparams]
-  static = {k: v for k, v in hparams.items() if k not in traced}
+  static = {k: v for k, v in first.hparams if k not in TRACED}
   per_epoch = steps_per_epoch(len(data.train_labels), cfg.batch_size)
   # Learning rate 1: each student scales its update by its own rate (SGD's and AdamW's updates are linear in it).
   tx = make_optimizer(cfg.optimizer, learning_rate=1.0, total_steps=cfg.epochs * per_epoch, momentum=cfg.momentum,
@@ -98,21 +124,8 @@ def train_group(data: ArrayDataset, runs: Sequence[Run], teacher: TrainedModel |
                       steps_per_epoch=per_epoch)
   t_graphdef = teacher.graphdef if teacher is not None else None
   t_shapes = feature_shapes(teacher.graphdef, teacher.params, teacher.rest, data.image_shape) if teacher else {}
-  graphdef, states = None, []
-  for run in runs:
-    model = create_model(cfg.model, num_classes=data.num_classes, input_shape=data.image_shape, seed=run.seed,
-                         **cfg.model_options())
-    g, params, rest = split_model(model)
-    graphdef = g if graphdef is None else graphdef
-    key = jax.random.key(run.seed)
-    method = make_method(run.method, **dict(run.hparams))
-    m_params, m_state = init_method(method, jax.random.fold_in(key, 2),
-                                    feature_shapes(g, params, rest, data.image_shape), t_shapes, len(data.train_labels))
-    states.append(TrainState(params, rest, tx.init(trainables(params, m_params)), jnp.zeros((), jnp.int32),
-                             jax.random.fold_in(key, 1), m_params, m_state))
-  state = stack_trees(states)
-  hp = {k: jnp.asarray([dict(r.hparams)[k] for r in runs], jnp.float32) for k in traced}
-  hp["learning_rate"] = jnp.asarray([r.cfg.distilled.learning_rate for r in runs], jnp.float32)
+  graphdef, state = init_group(runs, tx, data.num_classes, data.image_shape, t_shapes, len(data.train_labels))
+  hp = group_hparams(runs)
   step = make_sweep_step(graphdef, tx, first.method, static, k_students, teacher_graphdef=t_graphdef,
                          jitter_pixels=cfg.jitter, hflip=cfg.hflip, data_seed=data_seed)
   eval_step = make_online_eval_step(graphdef)
