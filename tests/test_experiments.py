@@ -61,3 +61,14 @@ def test_online_trains_cohorts_and_a_teacher_assistant_chain(tmp_path):
   rows = json.loads((tmp_path / "online" / "results.json").read_text())["rows"]
   assert len(rows["dml2"][0]["students"]) == 2 and 0 <= rows["dml2"][0]["ensemble_accuracy"] <= 1
   assert 0 <= rows["small_takd"][0]["assistant"]["accuracy"] <= 1
+
+
+def test_compare_variants_writes_a_report_with_both_accuracies(tmp_path, capsys):
+  _load("compare_variants").main(["--seeds", "0,1", "--epochs", "1", "--teacher-epochs", "1", "--subset", "300",
+                                  "--methods", "supervised,hinton,dkd", "--temperatures", "2,4",
+                                  "--workdir", str(tmp_path)])
+  report = (tmp_path / "compare_variants" / "report.md").read_text()
+  assert "## Last-epoch test accuracy" in report and "## Best-epoch test accuracy" in report
+  assert "| method=hinton temperature=4 | 2 |" in report and "method.warmup_steps=2" in report
+  assert (tmp_path / "compare_variants" / "accuracy_vs_temperature.png").stat().st_size > 5000
+  assert "10 runs trained, 0 found finished" in capsys.readouterr().out  # (1 + 2 + 2 variants) x 2 seeds

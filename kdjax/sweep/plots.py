@@ -32,7 +32,7 @@ def _figure(width: float, height: float):
 def _save(fig, path: str | os.PathLike) -> Path:
   path = Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
-  fig.savefig(path, dpi=120)
+  fig.savefig(path, dpi=120, bbox_inches="tight")  # long titles and side legends are not cut off
   return path
 
 
@@ -141,7 +141,7 @@ def plot_final(records: Sequence[dict[str, Any]], path: str | os.PathLike, metri
     ax.set_ylabel(f"{METRIC_SHORT_LABELS[metric]} (%)")
     ax.grid(True, axis="y", alpha=0.3)
   label = METRIC_SHORT_LABELS[metric]
-  ax.set_title(f"{label[0].upper()}{label[1:]} per variant (mean ± sample std over seeds)")
+  ax.set_title(f"{label[0].upper()}{label[1:]} per variant\n(mean ± sample std over seeds)")
   ax.legend(fontsize="small", loc="best")
   return _save(fig, path)
 

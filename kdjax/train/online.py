@@ -8,7 +8,7 @@ the same idea with a burn-in before the peers' term is switched on; here in Hint
 weighting ``CE + w·T²·KL``. See :func:`kdjax.losses.online_kd_loss`.
 
 The cohort is one pytree: every leaf of the params, the other variables and the optimizer
-state carries a leading axis of size K (:func:`stack_trees`), and the forward pass, the
+state carries a leading axis of size K (:func:`kdjax.train.teachers.stack_trees`), and the forward pass, the
 optimizer update and the evaluation are ``jax.vmap``-ed over it, so one jitted step trains
 all K students. The step counter and the PRNG key are shared, unstacked scalars: every
 student sees the same augmented batch and draws its own dropout key from the shared one.
@@ -36,6 +36,7 @@ from kdjax.models.functional import apply_model
 from kdjax.train.api import TrainedModel
 from kdjax.train.loop import FitResult, fit, steps_per_epoch
 from kdjax.train.state import TrainState, make_optimizer, trainables
+from kdjax.train.teachers import stack_trees
 
 RULES = ("dml", "codistill")
 # Student k of a run with seed s starts from create_model(seed=s + STUDENT_SEED_STRIDE * k): student 0
@@ -69,11 +70,6 @@ def check_online(num_students: int, rule: str, distill_weight: float | None, tem
   if not (isinstance(w, (int, float)) and math.isfinite(w) and w >= 0):
     raise ValueError(f"distill_weight (the weight of the peers' term) must be a finite number >= 0, got {w!r}")
   return 1.0, float(w)
-
-
-def stack_trees(trees: Sequence[Any]) -> Any:
-  """Stacks pytrees of one structure leaf by leaf along a new leading axis."""
-  return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
 
 
 def unstack_tree(tree: Any, k: int) -> Any:
