@@ -74,7 +74,7 @@ def test_cli_idx_dir_without_idx_files(capsys, tmp_path):
 
 
 def test_cli_runs_the_study_end_to_end(capsys, tmp_path):
-  code = main(["distill", "--no-progress", "--workdir", str(tmp_path), "--seeds", "0,1",
+  code = main(["distill", "--no-progress", "--workdir", str(tmp_path), "--seeds", "0",
                "--set", "teacher.epochs=1", "--set", "student.epochs=1", "--set", "distilled.epochs=1"])
   out = capsys.readouterr().out
   assert code == 0
@@ -83,10 +83,10 @@ def test_cli_runs_the_study_end_to_end(capsys, tmp_path):
     assert row in out
   run_dir = tmp_path / "hinton_mnist"
   results = json.loads((run_dir / "results.json").read_text())
-  assert results["config"]["seeds"] == [0, 1] and results["environment"]["kdjax"]
-  assert len(results["runs"]["distilled"]) == 2 and all(r["accuracy"] > 0.8 for r in results["runs"]["student"])
+  assert results["config"]["seeds"] == [0] and results["environment"]["kdjax"]
+  assert len(results["runs"]["distilled"]) == 1 and all(r["accuracy"] > 0.8 for r in results["runs"]["student"])
   lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-  assert len(lines) == 7  # teacher + 2 seeds x (student, control, distilled), one epoch each
+  assert len(lines) == 4  # teacher + (student, control, distilled), one epoch each
   assert sorted({json.loads(x)["run"] for x in lines}) == ["control", "distilled", "student", "teacher"]
   assert (run_dir / "table.md").read_text().strip() in out
 

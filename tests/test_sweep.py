@@ -71,11 +71,11 @@ def test_bad_grids_fail_before_any_training(items, match, monkeypatch, tmp_path)
 
 
 def test_a_vmapped_group_gives_each_run_what_it_gets_alone(data, teacher):
-  runs = expand(parse_grid(["temperature=1,4", "distilled.learning_rate=0.05,0.1", "seed=0,1"], BASE), BASE)
+  runs = expand(parse_grid(["temperature=1,4", "distilled.learning_rate=0.05,0.1", "seed=3"], BASE), BASE)
   (group,) = group_runs(runs)
-  assert len(group) == 8
+  assert len(group) == 4
   together = train_group(data, group, teacher, progress=False)
-  for run, res in zip(group[::3], together[::3]):  # every third run, alone
+  for run, res in zip(group[::3], together[::3]):  # the first and the last, alone
     (alone,) = train_group(data, [run], teacher, progress=False)
     for a, b in zip(res["history"], alone["history"]):
       np.testing.assert_allclose(a["train_loss"], b["train_loss"], rtol=1e-4)
