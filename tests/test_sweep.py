@@ -142,3 +142,11 @@ def test_cli_sweep_runs_and_rejects_a_bad_grid(tmp_path, capsys):
   assert [r["variant"] for r in records] == ["temperature=2", "temperature=4"]
   assert cli(["sweep", "--grid", "temperature=2,4", "--grid", "alpah=0.1", "--out", str(tmp_path)]) == 2
   assert "unknown config key 'alpah'" in capsys.readouterr().err
+
+
+def test_method_hyperparameters_are_typed_by_their_defaults():
+  runs = expand(parse_grid(["method=sp,dkd", "method.layers=block1+block2", "method.warmup_steps=10",
+                            "seed=0"], BASE), BASE)
+  sp, dkd = runs
+  assert sp.variant == "method=sp method.layers=block1+block2" and dict(sp.hparams)["layers"] == ("block1", "block2")
+  assert dict(dkd.hparams)["warmup_steps"] == 10 and isinstance(dict(dkd.hparams)["warmup_steps"], int)

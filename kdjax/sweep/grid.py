@@ -8,8 +8,9 @@ Grid keys:
   study config; they apply to the logit methods that take them (:data:`KD_TEMPERATURE`,
   :data:`KD_ALPHA`) and are dropped from the others' variants (``supervised`` at three
   temperatures is one variant, trained once per seed).
-- ``method.<name>``: a hyperparameter of the method (``method.beta=4,8`` for DKD); dropped from the
-  variants of methods that do not take it.
+- ``method.<name>``: a hyperparameter of the method (``method.beta=4,8`` for DKD; a list-valued one
+  joins its items with ``+``: ``method.layers=block1+block2,block2``); dropped from the variants of
+  methods that do not take it.
 - anything else: a study config key, as ``--set`` takes it (``distilled.learning_rate``,
   ``distilled.model``, ``teacher.model``, ``distilled.epochs``, ...).
 
@@ -62,6 +63,8 @@ class Run:
 
 
 def _fmt(v) -> str:
+  if isinstance(v, tuple):
+    return "+".join(map(str, v))
   return f"{v:g}" if isinstance(v, float) else str(v)
 
 
@@ -71,21 +74,23 @@ def _method_params(name: str) -> dict[str, inspect.Parameter]:
 
 
 def _typed(key: str, text: str, default) -> Any:
+  """A ``method.<name>`` grid value, typed after the method's default for it."""
   if isinstance(default, bool):
     if text.lower() in ("true", "1", "yes", "false", "0", "no"):
       return text.lower() in ("true", "1", "yes")
     raise ValueError(f"grid key {key!r}: expected true or false, got {text!r}")
-  for tp in (int, float):
-    if isinstance(default, tp):
-      try:
-        return tp(text) if tp is not int else int(text)
-      except ValueError:
-        if tp is int:
-          try:
-            return float(text)  # an int default (e.g. 0) may take a float
-          except ValueError:
-            pass
-        raise ValueError(f"grid key {key!r}: expected a number, got {text!r}") from None
+  if isinstance(default, tuple):  # e.g. layers: one grid value names several, joined by '+'
+    return tuple(part for part in text.split("+") if part)
+  if isinstance(default, int):
+    try:
+      return int(text)
+    except ValueError:
+      pass  # an int default (e.g. 0) may take a float
+  if isinstance(default, (int, float)):
+    try:
+      return float(text)
+    except ValueError:
+      raise ValueError(f"grid key {key!r}: expected a number, got {text!r}") from None
   try:  # no usable default (a required argument, None): a number if it reads as one
     return float(text)
   except ValueError:
