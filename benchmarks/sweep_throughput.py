@@ -27,7 +27,7 @@ from kdjax.models import create_model, feature_shapes, split_model
 from kdjax.presets import PRESETS
 from kdjax.study import environment
 from kdjax.sweep import expand, parse_grid
-from kdjax.sweep.train import TRACED, group_hparams, init_group, make_sweep_step
+from kdjax.sweep.train import group_hparams, init_group, make_sweep_step, traced_hparams
 from kdjax.train import make_optimizer
 
 
@@ -78,7 +78,8 @@ def main() -> None:
   for k in [int(x) for x in args.ks.split(",")]:
     runs = expand(parse_grid(["seed=" + ",".join(str(s) for s in range(k))], base), base)  # K seeds of Hinton KD
     graphdef, state = init_group(runs, tx, classes, shape, t_shapes, 1024)
-    step = make_sweep_step(graphdef, tx, "hinton", {k_: v for k_, v in runs[0].hparams if k_ not in TRACED}, len(runs),
+    step = make_sweep_step(graphdef, tx, "hinton", {k_: v for k_, v in runs[0].hparams
+                                                    if k_ not in traced_hparams("hinton", runs[0].hparams)}, len(runs),
                            teacher_graphdef=t_graphdef, jitter_pixels=base.distilled.jitter, hflip=base.distilled.hflip)
     compile_s, times = bench(step, state, teacher_vars, batch, group_hparams(runs), args.steps, args.windows)
     rate = len(runs) * args.batch * args.steps / statistics.median(times)

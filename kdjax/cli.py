@@ -111,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _sweep(args) -> int:
   from kdjax.sweep import run_sweep
+  from kdjax.train import NonFiniteLossError
   extra = list(args.overrides) + ([f"dataset={args.data}"] if args.data else [])
   try:
     cfg = override(PRESETS[args.config], extra)
@@ -121,6 +122,9 @@ def _sweep(args) -> int:
   except (ValueError, FileNotFoundError, NotADirectoryError) as e:
     print(f"kdjax: error: {e}", file=sys.stderr)
     return 2
+  except NonFiniteLossError as e:  # a teacher's training; a student's bad steps are skipped and recorded
+    print(f"kdjax: error: {e}", file=sys.stderr)
+    return 1
   print((result.out_dir / "report.md").read_text())
   print(f"written: {', '.join(str(p) for p in result.reports.values())}")
   return 0

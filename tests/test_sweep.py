@@ -150,3 +150,34 @@ def test_method_hyperparameters_are_typed_by_their_defaults():
   sp, dkd = runs
   assert sp.variant == "method=sp method.layers=block1+block2" and dict(sp.hparams)["layers"] == ("block1", "block2")
   assert dict(dkd.hparams)["warmup_steps"] == 10 and isinstance(dict(dkd.hparams)["warmup_steps"], int)
+
+
+def test_grid_corner_cases_from_review():
+  from kdjax.sweep.train import traced_hparams
+  # CRD's temperature is its contrastive tau: never traced, different values train apart
+  runs = expand(parse_grid(["method=crd_inbatch", "method.temperature=0.05,0.1", "seed=0"], BASE), BASE)
+  assert traced_hparams("crd_inbatch", runs[0].hparams) == [] and len(group_runs(runs)) == 2
+  assert traced_hparams("dkd", (("beta", 8.0), ("temperature", 4.0))) == ["temperature", "beta"]
+  # DKD and DIST keep their own temperature unless the grid sets one; Hinton KD takes the study's
+  dkd, hinton = expand(parse_grid(["method=dkd,hinton", "seed=0"], BASE), BASE)
+  assert "temperature" not in dict(dkd.hparams) and dict(hinton.hparams)["temperature"] == BASE.temperature
+  # the student model and tuple-valued study keys can be grid axes
+  assert {r.cfg.distilled.model for r in expand(parse_grid(["distilled.model=mlp800,mlp100"], BASE), BASE)} == {
+      "mlp800", "mlp100"}
+  step = override(BASE, ["distilled.schedule=step"])
+  (run,) = expand(parse_grid(["distilled.decay_epochs=1+2", "seed=0"], step), step)
+  assert run.cfg.distilled.decay_epochs == (1, 2) and run.variant == "distilled.decay_epochs=1+2"
+  with pytest.raises(ValueError, match="both set the temperature"):
+    parse_grid(["temperature=2", "method.temperature=4"], BASE)
+
+
+def test_a_resumed_sweep_with_keys_reordered_trains_nothing_and_reports_the_new_labels(data, tmp_path):
+  first = run_sweep(BASE, ["distilled.epochs=1", "method=supervised,hinton", "seed=0"], out_dir=tmp_path, data=data,
+                    progress=False)
+  assert first.trained == 2
+  again = run_sweep(BASE, ["seed=0", "method=supervised,hinton", "distilled.epochs=1"], out_dir=tmp_path, data=data,
+                    progress=False)
+  assert again.trained == 0
+  assert [r["variant"] for r in again.records] == ["method=supervised distilled.epochs=1",
+                                                   "method=hinton distilled.epochs=1"]
+  assert "baseline `method=supervised distilled.epochs=1`" in (tmp_path / "report.md").read_text()

@@ -12,7 +12,8 @@ Grid keys:
   joins its items with ``+``: ``method.layers=block1+block2,block2``); dropped from the variants of
   methods that do not take it.
 - anything else: a study config key, as ``--set`` takes it (``distilled.learning_rate``,
-  ``distilled.model``, ``teacher.model``, ``distilled.epochs``, ...).
+  ``distilled.model``, ``teacher.model``, ``distilled.epochs``, ...; a tuple field's items are
+  joined by ``+``: ``distilled.decay_epochs=5+8``).
 
 Runs that differ only in :data:`VMAPPED` keys (seed, T, α, learning rate, DKD's/DIST's β) form one
 group: one vmapped program trains them all and runs the teacher once per batch for the group.
@@ -91,6 +92,8 @@ def _typed(key: str, text: str, default) -> Any:
       return float(text)
     except ValueError:
       raise ValueError(f"grid key {key!r}: expected a number, got {text!r}") from None
+  if "+" in text:  # a list (e.g. reviewkd's teacher_layers, default None)
+    return tuple(part for part in text.split("+") if part)
   try:  # no usable default (a required argument, None): a number if it reads as one
     return float(text)
   except ValueError:
@@ -134,11 +137,14 @@ def parse_grid(items: Sequence[str], base: StudyConfig) -> dict[str, list]:
       values = []
       for t in texts:
         try:
-          cfg = override(base, [f"{key}={t}"])
+          cfg = override(base, [f"{key}={t.replace('+', ',')}"])  # a tuple field's items are joined by '+'
         except ValueError as e:
           raise ValueError(f"grid key {key!r}: {e}") from None
         values.append(_get(cfg, key))
       grid[key] = values
+  for name in ("temperature", "alpha"):
+    if name in grid and f"method.{name}" in grid:
+      raise ValueError(f"grid keys {name!r} and 'method.{name}' both set the {name}; give one of them")
   methods = grid.get("method", ["hinton"])
   for key in (k for k in grid if k.startswith("method.")):
     name = key.split(".", 1)[1]
@@ -179,7 +185,9 @@ def expand(grid: dict[str, list], base: StudyConfig) -> list[Run]:
           hparams[name] = _typed(k, v, None if default is inspect.Parameter.empty else default)
           applied.append((k, hparams[name]))
       elif k not in ("method", "seed"):
-        study_items.append(f"{k}={v}")
+        study_items.append(f"{k}={','.join(map(str, v)) if isinstance(v, tuple) else v}")
+        if k == "distilled.model":  # the sweep trains `distilled`; `student` must name the same model
+          study_items.append(f"student.model={v}")
         applied.append((k, v))
       else:
         applied.append((k, v))
@@ -188,9 +196,8 @@ def expand(grid: dict[str, list], base: StudyConfig) -> list[Run]:
       validate_study(cfg)
     except ValueError as e:
       raise ValueError(f"grid values {dict(applied)}: {e}") from None
-    if method in KD_TEMPERATURE:
-      hparams.setdefault("temperature", cfg.temperature)
-    if method in KD_ALPHA:
+    if method in KD_ALPHA:  # Hinton-style KD: the study's T and alpha unless the grid sets them; DKD and
+      hparams.setdefault("temperature", cfg.temperature)  # DIST keep their own T unless `temperature` is a key
       hparams.setdefault("alpha", cfg.alpha)
     try:
       make_method(method, **hparams)  # the method's own checks (ranges, types), before any training

@@ -10,6 +10,7 @@ run that distills from them.
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,22 @@ def run_config(run: Run, *, data_seed: int, teacher_seed: int, subset: int | Non
   return {**config, "data_seed": data_seed, "teacher_seed": teacher_seed, "subset": subset}
 
 
+def _data_identity(data: ArrayDataset) -> dict[str, Any]:
+  return {"name": data.name, "train": len(data.train_labels), "test": len(data.test_labels),
+          "image_shape": list(data.image_shape), "num_classes": data.num_classes}
+
+
+def _json_safe(value):
+  """NaN and infinities as null (JSON has no such numbers), everywhere in a record."""
+  if isinstance(value, float) and not math.isfinite(value):
+    return None
+  if isinstance(value, dict):
+    return {k: _json_safe(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [_json_safe(v) for v in value]
+  return value
+
+
 def run_sweep(base: StudyConfig, grid_items: list[str], *, out_dir: str | Path, max_parallel: int | None = None,
               data: ArrayDataset | None = None, subset: int | None = None, data_seed: int = 0, teacher_seed: int = 0,
               baseline: str | None = None, progress: bool = True) -> SweepResult:
@@ -62,7 +79,7 @@ def run_sweep(base: StudyConfig, grid_items: list[str], *, out_dir: str | Path, 
   if baseline is not None and baseline not in variants:
     raise ValueError(f"baseline {baseline!r} is not a variant of this grid; variants: {variants}")
   if baseline is None:
-    baseline = next((v for v in variants if v.split(" ")[0] == "method=supervised"), variants[0])
+    baseline = next((v for v in variants if "method=supervised" in v.split()), variants[0])
   if data is None:  # a given dataset is used as it is; `subset` then only records how it was cut
     data = subset_data(load_dataset(base.dataset, tfds_data_dir=base.tfds_data_dir, download=base.download), subset)
   for cfg in dict.fromkeys(r.cfg for r in runs):  # every teacher and student of the grid takes this data
@@ -70,7 +87,9 @@ def run_sweep(base: StudyConfig, grid_items: list[str], *, out_dir: str | Path, 
   out_dir = Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
   store = out_dir / "results.jsonl"
-  ids = {id(r): run_id(run_config(r, data_seed=data_seed, teacher_seed=teacher_seed, subset=subset)) for r in runs}
+  configs = {id(r): {**run_config(r, data_seed=data_seed, teacher_seed=teacher_seed, subset=subset),
+                     "data": _data_identity(data)} for r in runs}
+  ids = {key: run_id(config) for key, config in configs.items()}
   done = finished_ids(store)
   todo = [r for r in runs if ids[id(r)] not in done]
   groups = group_runs(todo, max_parallel)
@@ -92,17 +111,18 @@ def run_sweep(base: StudyConfig, grid_items: list[str], *, out_dir: str | Path, 
                           desc=f"group {i}/{len(groups)}: {first.method} x{len(group)}")
     for run, res in zip(group, results):
       best, final = best_and_final(res["history"])
-      append_record(store, {"run_id": ids[id(run)], "variant": run.variant, "seed": run.seed,
-                            "config": run_config(run, data_seed=data_seed, teacher_seed=teacher_seed, subset=subset),
+      append_record(store, _json_safe({"run_id": ids[id(run)], "variant": run.variant, "seed": run.seed,
+                            "config": configs[id(run)],
                             "history": res["history"], "final": final, "best": best, "wall_s": round(res["wall_s"], 3),
                             "skipped_steps": res["skipped_steps"], "group_size": len(group),
                             "teacher": teacher.test if teacher is not None else None, "dataset": data.name,
-                            "kdjax": env["kdjax"], "jax": env["jax"], "device": env["device"], "date": env["date"]})
+                            "kdjax": env["kdjax"], "jax": env["jax"], "device": env["device"], "date": env["date"]}))
     if progress:
       print(f"group {i}/{len(groups)} ({first.method}, {len(group)} runs): "
             + ", ".join(f"{r.variant} seed {r.seed}: {res['history'][-1]['test_errors']} errors"
                         for r, res in zip(group, results)), flush=True)
-  wanted = set(ids.values())
-  records = [r for r in load_records(store) if r["run_id"] in wanted]
+  # This grid's runs, labelled as this grid names them (a resumed sweep may list its keys in another order).
+  label = {ids[id(r)]: r.variant for r in runs}
+  records = [{**r, "variant": label[r["run_id"]]} for r in load_records(store) if r["run_id"] in label]
   reports = write_report(records, out_dir, baseline=baseline, sweep_keys=list(grid))
   return SweepResult(out_dir, records, len(todo), len(runs) - len(todo), reports, time.perf_counter() - t0)

@@ -26,7 +26,7 @@ from kdjax.data.dataset import ArrayDataset
 from kdjax.methods import init_method, make_method
 from kdjax.models import create_model, feature_shapes, split_model
 from kdjax.models.functional import apply_model
-from kdjax.sweep.grid import Run
+from kdjax.sweep.grid import KD_ALPHA, KD_TEMPERATURE, VMAPPED_METHOD_HPARAMS, Run
 from kdjax.train.api import TrainedModel
 from kdjax.train.loop import fit, steps_per_epoch
 from kdjax.train.online import evaluate_online, make_online_eval_step
@@ -34,7 +34,16 @@ from kdjax.train.state import TrainState, make_optimizer, trainables
 from kdjax.train.steps import update_student
 from kdjax.train.teachers import stack_trees
 
-TRACED = ("temperature", "alpha", "beta")  # method hyperparameters passed to the method as traced values
+TRACED = ("temperature", "alpha", "beta")  # method hyperparameters that may be traced (see traced_hparams)
+
+
+def traced_hparams(method: str, hparams) -> list[str]:
+  """The hyperparameters of ``method`` passed as traced per-student values: the KD T and α of the
+  logit methods and DKD's/DIST's β (plain factors there). Others, e.g. CRD's contrastive
+  ``temperature``, stay Python values: their checks need concrete numbers."""
+  names = dict(hparams)
+  allowed = {"temperature": KD_TEMPERATURE, "alpha": KD_ALPHA, **VMAPPED_METHOD_HPARAMS}
+  return [k for k in TRACED if k in names and method in allowed.get(k, ())]
 
 
 def _check_group(runs: Sequence[Run]) -> None:
@@ -99,9 +108,9 @@ def init_group(runs: Sequence[Run], tx, num_classes: int, input_shape, teacher_s
 
 
 def group_hparams(runs: Sequence[Run]) -> dict[str, jax.Array]:
-  """The group's per-student hyperparameters as ``[K]`` arrays: each of :data:`TRACED` the method
-  takes, and ``"learning_rate"``."""
-  traced = [k for k in TRACED if k in dict(runs[0].hparams)]
+  """The group's per-student hyperparameters as ``[K]`` arrays: the traced ones
+  (:func:`traced_hparams`), and ``"learning_rate"``."""
+  traced = traced_hparams(runs[0].method, runs[0].hparams)
   hp = {k: jnp.asarray([dict(r.hparams)[k] for r in runs], jnp.float32) for k in traced}
   hp["learning_rate"] = jnp.asarray([r.cfg.distilled.learning_rate for r in runs], jnp.float32)
   return hp
@@ -116,7 +125,8 @@ def train_group(data: ArrayDataset, runs: Sequence[Run], teacher: TrainedModel |
   first = runs[0]
   cfg = first.cfg.distilled
   k_students = len(runs)
-  static = {k: v for k, v in first.hparams if k not in TRACED}
+  traced = traced_hparams(first.method, first.hparams)
+  static = {k: v for k, v in first.hparams if k not in traced}
   per_epoch = steps_per_epoch(len(data.train_labels), cfg.batch_size)
   # Learning rate 1: each student scales its update by its own rate (SGD's and AdamW's updates are linear in it).
   tx = make_optimizer(cfg.optimizer, learning_rate=1.0, total_steps=cfg.epochs * per_epoch, momentum=cfg.momentum,

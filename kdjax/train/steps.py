@@ -36,7 +36,8 @@ def update_student(graphdef, tx: optax.GradientTransformation, method: Method, s
   ``lr_scale`` multiplies the optimizer's update (the learning rate, for an optimizer built with
   ``learning_rate=1``; SGD's and AdamW's updates are linear in it). ``ema_update(ema, new)`` gives
   the new moving average from the updated ``{"params", "rest"}``. Returns ``(state, metrics)``; a
-  non-finite loss or gradient keeps the old state (step and key still advance), ``finite = False``.
+  non-finite loss, gradient or update keeps the old state (step and key still advance),
+  ``finite = False``.
   """
 
   def loss_fn(trainable):
@@ -53,7 +54,8 @@ def update_student(graphdef, tx: optax.GradientTransformation, method: Method, s
     updates = jax.tree.map(lambda u: lr_scale * u, updates)
   new_trainable = optax.apply_updates(trainable, updates)
   grad_norm = optax.tree.norm(grads)
-  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+  # A finite loss and gradient can still make an update that overflows (a huge learning rate).
+  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(optax.tree.norm(updates))
   ema = state.ema if ema_update is None else ema_update(state.ema, teacher_variables(new_trainable["student"], new_rest))
   updated = TrainState(new_trainable["student"], new_rest, opt_state, state.step + 1, rng,
                        new_trainable["method"], method_state, ema)
