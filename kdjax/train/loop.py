@@ -86,7 +86,8 @@ def fit(state: TrainState, train_step: Callable, eval_step: Callable | None, dat
         step_no, m = item
         m = jax.device_get(m)
         if not bool(m["finite"]):
-          bad = next((k for k in ("loss", "grad_norm") if not math.isfinite(float(m[k]))), "loss")
+          bad = next((k for k in ("loss", "grad_norm", "update_norm") if k in m and not math.isfinite(float(m[k]))),
+                     "loss")
           raise NonFiniteLossError(
               f"{desc}: {bad} became {float(m[bad])} at step {step_no} (epoch {epoch}); training "
               f"stopped, the last good state is kept", step=step_no, metric=bad, state=state)

@@ -55,7 +55,8 @@ def update_student(graphdef, tx: optax.GradientTransformation, method: Method, s
   new_trainable = optax.apply_updates(trainable, updates)
   grad_norm = optax.tree.norm(grads)
   # A finite loss and gradient can still make an update that overflows (a huge learning rate).
-  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(optax.tree.norm(updates))
+  update_norm = optax.tree.norm(updates)
+  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(update_norm)
   ema = state.ema if ema_update is None else ema_update(state.ema, teacher_variables(new_trainable["student"], new_rest))
   updated = TrainState(new_trainable["student"], new_rest, opt_state, state.step + 1, rng,
                        new_trainable["method"], method_state, ema)
@@ -66,6 +67,7 @@ def update_student(graphdef, tx: optax.GradientTransformation, method: Method, s
       "loss": loss,
       "accuracy": jnp.mean(predicted == batch["label"]),
       "grad_norm": grad_norm,
+      "update_norm": update_norm,
       "finite": finite,
       **{k: jnp.mean(v) for k, v in terms.items()},
   }
@@ -83,7 +85,7 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, method: Method, 
 
   The method's own learnable parts (``state.method_params``) are differentiated
   and updated with the student. Augmentation (``jitter_pixels`` > 0, ``hflip``) runs on the device; the
-  teacher sees the same augmented view as the student (a mean teacher its own). A step whose loss or gradient is not
+  teacher sees the same augmented view as the student (a mean teacher its own). A step whose loss, gradient or update is not
   finite leaves the state unchanged and reports ``finite = False``, so the last
   good state survives for the loop to keep.
 
