@@ -288,3 +288,15 @@ def test_plots_two_seeds_and_skips(tmp_path):
   assert plot_against(one_t, "temperature", tmp_path / "t.png") is None  # one value
   assert not (tmp_path / "alpha.png").exists() and not (tmp_path / "t.png").exists()
   assert_png(plot_against(records, "temperature", tmp_path / "t.png", metric="best"))
+
+
+def test_skipped_steps_are_named_under_the_table():
+  from kdjax.sweep.report import format_markdown, summarize
+  hist = [{"epoch": 1, "test_accuracy": 0.5, "test_errors": 50, "test_loss": 1.0}]
+  recs = [{"run_id": str(s), "variant": v, "seed": s, "final": {"epoch": 1, "accuracy": 0.5, "errors": 50},
+           "best": {"epoch": 1, "accuracy": 0.5, "errors": 50}, "history": hist, "wall_s": 1.0,
+           "skipped_steps": 3 if (v == "b" and s == 1) else 0} for v in ("a", "b") for s in (0, 1)]
+  text = format_markdown(summarize(recs, baseline="a"), metric="final", baseline="a")
+  assert "Skipped (non-finite) steps, the run's state kept: b: 3 steps in 1 of 2 seeds." in text
+  clean = [dict(r, skipped_steps=0) for r in recs]
+  assert "Skipped" not in format_markdown(summarize(clean, baseline="a"), metric="final", baseline="a")

@@ -94,7 +94,9 @@ def summarize(records: Sequence[dict[str, Any]], *, baseline: str | None, metric
     row = {"variant": variant, "n": len(runs), "seeds": seeds, "accuracy_mean": acc_m, "accuracy_std": acc_s,
            "errors_mean": err_m, "errors_std": err_s, "wall_s_mean": mean_std(walls)[0] if walls else None,
            "baseline": variant == baseline, "delta_mean": None, "delta_std": None, "delta_ci_low": None,
-           "delta_ci_high": None, "pairs": None, "confidence": confidence}
+           "delta_ci_high": None, "pairs": None, "confidence": confidence,
+           "skipped_steps": sum(int(r.get("skipped_steps") or 0) for r in runs.values()),
+           "seeds_with_skips": sum(1 for r in runs.values() if r.get("skipped_steps"))}
     if base is not None and variant != baseline:
       shared = [s for s in base if s in runs]
       diff = paired_difference([accuracy_pct(runs[s], metric) for s in shared],
@@ -145,6 +147,11 @@ def format_markdown(rows: Sequence[dict[str, Any]], *, metric: str, baseline: st
   if metric == "best":
     notes.append("the best epoch is picked by test accuracy, so these numbers are biased upwards")
   lines.append("; ".join(notes) + ".")
+  skipped = [r for r in rows if r.get("skipped_steps")]
+  if skipped:
+    lines += ["", "Skipped (non-finite) steps, the run's state kept: " + "; ".join(
+        f"{r['variant']}: {r['skipped_steps']} steps in {r['seeds_with_skips']} of {r['n']} seeds" for r in skipped)
+        + "."]
   return "\n".join(lines)
 
 
