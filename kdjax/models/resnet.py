@@ -64,6 +64,13 @@ def classify_stages(stages, fc, x: jax.Array, feats: dict, train: bool):
   return fc(pre), feats
 
 
+def _projection(in_ch: int, out_ch: int, stride: int, rngs: nnx.Rngs):
+  """The shortcut's 1x1 conv-BN projection where the block changes size or width, else ``(None, None)``."""
+  if stride == 1 and in_ch == out_ch:
+    return None, None
+  return conv(in_ch, out_ch, 1, stride=stride, rngs=rngs), batch_norm(out_ch, rngs=rngs)
+
+
 class BasicBlock(nnx.Module):
   """Two 3x3 conv-BN layers and an identity (or 1x1 conv-BN projection) shortcut, then ReLU."""
 
@@ -74,11 +81,7 @@ class BasicBlock(nnx.Module):
     self.bn1 = batch_norm(planes, rngs=rngs)
     self.conv2 = conv(planes, planes, 3, rngs=rngs)
     self.bn2 = batch_norm(planes, rngs=rngs)
-    if stride != 1 or in_ch != planes:
-      self.down_conv = conv(in_ch, planes, 1, stride=stride, rngs=rngs)
-      self.down_bn = batch_norm(planes, rngs=rngs)
-    else:
-      self.down_conv = self.down_bn = None
+    self.down_conv, self.down_bn = _projection(in_ch, planes, stride, rngs)
 
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     out = jax.nn.relu(bn(self.bn1, self.conv1(x), train))
@@ -100,11 +103,7 @@ class Bottleneck(nnx.Module):
     self.bn2 = batch_norm(planes, rngs=rngs)
     self.conv3 = conv(planes, out_ch, 1, rngs=rngs)
     self.bn3 = batch_norm(out_ch, rngs=rngs)
-    if stride != 1 or in_ch != out_ch:
-      self.down_conv = conv(in_ch, out_ch, 1, stride=stride, rngs=rngs)
-      self.down_bn = batch_norm(out_ch, rngs=rngs)
-    else:
-      self.down_conv = self.down_bn = None
+    self.down_conv, self.down_bn = _projection(in_ch, out_ch, stride, rngs)
 
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     out = jax.nn.relu(bn(self.bn1, self.conv1(x), train))
