@@ -58,10 +58,10 @@ def make_sweep_step(graphdef, tx, method_name: str, static_hparams: dict[str, An
                     teacher_graphdef=None, jitter_pixels: int = 0, hflip: bool = False, data_seed: int = 0):
   """Jitted ``step(state, teacher_vars, batch, hparams) -> (state, metrics)`` for ``num_students``
   stacked students; ``hparams`` maps each of :data:`TRACED` the method takes, and
-  ``"learning_rate"``, to a ``[K]`` array. Metrics are scalars per student (``loss/<k>``,
-  ``accuracy/<k>``, ..., ``skipped/<k>`` = 1 where student k's step was not finite and was skipped,
-  its state kept) and their means; ``finite`` is always true: one student's bad step never stops
-  the others."""
+  ``"learning_rate"``, to a ``[K]`` array. Metrics are ``[K]`` vectors (``loss/students``,
+  ``accuracy/students``, ..., ``skipped/students`` = 1 where a student's step was not finite and
+  was skipped, its state kept) and their means; ``finite`` is always true: one student's bad step
+  never stops the others."""
 
   def one(state, teacher, x, batch, hp):
     rng, k_drop, k_method = jax.random.split(state.rng, 3)
@@ -77,11 +77,10 @@ def make_sweep_step(graphdef, tx, method_name: str, static_hparams: dict[str, An
       t_logits, t_feats, _ = apply_model(teacher_graphdef, teacher_vars["params"], teacher_vars["rest"], x, train=False)
       teacher = jax.lax.stop_gradient((t_logits, t_feats))
     new_state, m = jax.vmap(one, in_axes=(0, None, None, None, 0))(state, teacher, x, batch, hparams)
+    # Means for the progress bar, and one [K] vector per metric: a few arrays to fetch per step, not K·M scalars.
     metrics = {name: jnp.mean(v) for name, v in m.items() if name != "finite"}
-    for name, v in m.items():
-      if name != "finite":
-        metrics.update({f"{name}/{k}": v[k] for k in range(num_students)})
-    metrics.update({f"skipped/{k}": 1.0 - m["finite"][k].astype(jnp.float32) for k in range(num_students)})
+    metrics.update({f"{name}/students": v for name, v in m.items() if name != "finite"})
+    metrics["skipped/students"] = 1.0 - m["finite"].astype(jnp.float32)
     metrics["finite"] = jnp.array(True)
     return new_state, metrics
 
@@ -147,9 +146,9 @@ def train_group(data: ArrayDataset, runs: Sequence[Run], teacher: TrainedModel |
   out = []
   for k in range(k_students):
     history = [{"epoch": rec["epoch"], "test_accuracy": rec[f"test_accuracy/{k}"], "test_errors": rec[f"test_errors/{k}"],
-                "test_loss": rec[f"test_loss/{k}"], "train_loss": rec[f"train_loss/{k}"],
-                "train_accuracy": rec[f"train_accuracy/{k}"],
-                "skipped_steps": round(rec[f"train_skipped/{k}"] * per_epoch)} for rec in result.history]
+                "test_loss": rec[f"test_loss/{k}"], "train_loss": rec["train_loss/students"][k],
+                "train_accuracy": rec["train_accuracy/students"][k],
+                "skipped_steps": round(rec["train_skipped/students"][k] * per_epoch)} for rec in result.history]
     out.append({"history": history, "wall_s": wall / k_students,
                 "skipped_steps": sum(h["skipped_steps"] for h in history)})
   return out

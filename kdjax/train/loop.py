@@ -12,6 +12,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from tqdm.auto import tqdm
 
 from kdjax.data.dataset import ArrayDataset
@@ -35,6 +36,11 @@ class FitResult:
   wall_s: float
 
 
+def _plain(value: np.ndarray):
+  """A float for a scalar metric, a list for a vector one (one entry per stacked student)."""
+  return float(value) if value.ndim == 0 else value.tolist()
+
+
 def steps_per_epoch(num_examples: int, batch_size: int) -> int:
   if batch_size < 1:
     raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -51,8 +57,9 @@ def fit(state: TrainState, train_step: Callable, eval_step: Callable | None, dat
 
   The training set lives on the device as uint8; each epoch is a fresh
   permutation drawn from ``seed``. Metrics of step ``i`` are fetched to the host
-  after step ``i + 1`` is dispatched, so the device never waits for the host.
-  A non-finite loss or gradient stops training with :class:`NonFiniteLossError`
+  after step ``i + 1`` is dispatched, so the device never waits for the host; each epoch's record
+  holds their means (a vector metric, one entry per stacked student, as a list).
+  A non-finite loss, gradient or update stops training with :class:`NonFiniteLossError`
   naming the step; the state it carries is the last good one.
 
   ``evaluate_fn(state, test_images, test_labels) -> dict``, when given, replaces the default
@@ -93,7 +100,7 @@ def fit(state: TrainState, train_step: Callable, eval_step: Callable | None, dat
               f"stopped, the last good state is kept", step=step_no, metric=bad, state=state)
         for k, v in m.items():
           if k != "finite":
-            sums[k] = sums.get(k, 0.0) + float(v)
+            sums[k] = sums.get(k, 0.0) + np.asarray(v, np.float64)
         return m
 
       for i in range(n_steps):
@@ -112,7 +119,7 @@ def fit(state: TrainState, train_step: Callable, eval_step: Callable | None, dat
       else:
         test = evaluate(eval_step, state.params, state.rest, test_x, test_y)
       record = {**(log_fields or {}), "epoch": epoch, "step": epoch * n_steps,
-                **{f"train_{k}": v / n_steps for k, v in sums.items()},
+                **{f"train_{k}": _plain(v / n_steps) for k, v in sums.items()},
                 **{f"test_{k}": v for k, v in test.items()},
                 "wall_s": round(time.perf_counter() - t0, 3)}
       history.append(record)
