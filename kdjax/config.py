@@ -26,6 +26,13 @@ class TrainConfig:
   hflip: bool = False  # random horizontal flips, on the device
   dropout: float | None = None  # hidden-layer dropout rate; None = the model's default
   input_dropout: float | None = None  # input dropout rate (MLPs); None = the model's default
+  # Speed switches (results unchanged beyond floating-point precision):
+  precision: str = "fp32"  # "fp32", or "bf16": bfloat16 compute, float32 parameters and loss
+  steps_per_call: int = 1  # steps run per dispatch as one lax.scan (the teacher's forward hoisted out)
+  # Offline KD (distilled runs): "off", "device" (the teacher's outputs on the training images computed
+  # once, kept on the device) or a path ending in .npz (also kept on disk there and reused).
+  teacher_cache: str = "off"
+  cache_features: tuple[str, ...] = ()  # the teacher features to cache besides its logits
 
   def model_options(self) -> dict[str, float]:
     """Options for :func:`kdjax.models.create_model` that this config sets."""
@@ -53,9 +60,15 @@ class StudyConfig:
   workdir: str = "runs"
 
 
+def check_teacher_cache(value: str, role: str = "distilled") -> None:
+  if value not in ("off", "device") and not value.endswith(".npz"):
+    raise ValueError(f"{role}.teacher_cache must be 'off', 'device' or a path ending in .npz, got {value!r}")
+
+
 def validate_study(cfg: StudyConfig) -> None:
   """Fails before any training on a config that cannot run."""
   from kdjax.losses import check_alpha, check_temperature
+  from kdjax.models.functional import compute_dtype
   from kdjax.models.registry import check_model_options
   from kdjax.train.state import make_optimizer
 
@@ -77,6 +90,12 @@ def validate_study(cfg: StudyConfig) -> None:
       rate = getattr(run, field)
       if rate is not None and not 0.0 <= rate < 1.0:
         raise ValueError(f"{role}.{field} must lie in [0, 1), got {rate}")
+    compute_dtype(run.precision)
+    if run.steps_per_call < 1:
+      raise ValueError(f"{role}.steps_per_call must be >= 1, got {run.steps_per_call}")
+    if run.teacher_cache != "off" and role != "distilled":
+      raise ValueError(f"{role}.teacher_cache: only the distilled run has a teacher to cache")
+    check_teacher_cache(run.teacher_cache, role)
     if any(e > run.epochs for e in run.decay_epochs):
       raise ValueError(f"{role}.decay_epochs {run.decay_epochs} go past its {run.epochs} epochs")
     make_optimizer(run.optimizer, learning_rate=run.learning_rate, total_steps=run.epochs, steps_per_epoch=1,

@@ -12,43 +12,76 @@ def to_float(images_uint8: jax.Array) -> jax.Array:
   return images_uint8.astype(jnp.float32) / 255.0
 
 
+def jitter_offsets(key: jax.Array, n: int, max_shift: int) -> jax.Array:
+  """``[n, 2]`` crop offsets (row, column) in ``{0, ..., 2·max_shift}`` into the zero-padded
+  images: offset ``max_shift`` is no shift."""
+  return jax.random.randint(key, (n, 2), 0, 2 * max_shift + 1)
+
+
+def flip_draws(key: jax.Array, n: int) -> jax.Array:
+  """``[n]`` booleans: which images are mirrored (probability 1/2 each)."""
+  return jax.random.bernoulli(key, 0.5, (n, 1, 1, 1)).reshape(n)
+
+
+def shift_crop(images_BxHxWxC: jax.Array, offsets_Bx2: jax.Array, max_shift: int) -> jax.Array:
+  """Pads every image with ``max_shift`` zero pixels on each side and crops it back to its size at
+  ``offsets`` (:func:`jitter_offsets`): a translation with zeros shifted in."""
+  b, h, w, c = images_BxHxWxC.shape
+  s = max_shift
+  padded = jnp.pad(images_BxHxWxC, ((0, 0), (s, s), (s, s), (0, 0)))
+
+  def crop(img, off):
+    return jax.lax.dynamic_slice(img, (off[0], off[1], 0), (h, w, c))
+
+  return jax.vmap(crop)(padded, offsets_Bx2)
+
+
 def jitter(key: jax.Array, images_BxHxWxC: jax.Array, max_shift: int = 2) -> jax.Array:
   """Random translation of each image by up to ``max_shift`` pixels along each axis.
 
   Shifts are drawn uniformly from ``{-max_shift, ..., max_shift}`` per image and
   axis; pixels shifted in are zero (background), as in Hinton et al. (2015)'s
-  "jittered by up to two pixels in any direction".
+  "jittered by up to two pixels in any direction". With ``max_shift=4`` this is the CIFAR
+  recipe's random crop with zero padding 4 (torchvision's ``RandomCrop(32, padding=4)``).
   """
   if max_shift == 0:
     return images_BxHxWxC
   if max_shift < 0:
     raise ValueError(f"max_shift must be >= 0, got {max_shift}")
-  b, h, w, c = images_BxHxWxC.shape
-  s = max_shift
-  padded = jnp.pad(images_BxHxWxC, ((0, 0), (s, s), (s, s), (0, 0)))
-  offsets = jax.random.randint(key, (b, 2), 0, 2 * s + 1)
-
-  def crop(img, off):
-    return jax.lax.dynamic_slice(img, (off[0], off[1], 0), (h, w, c))
-
-  return jax.vmap(crop)(padded, offsets)
+  return shift_crop(images_BxHxWxC, jitter_offsets(key, images_BxHxWxC.shape[0], max_shift), max_shift)
 
 
 def random_hflip(key: jax.Array, images_BxHxWxC: jax.Array) -> jax.Array:
   """Mirrors each image left-right with probability 1/2 (the CIFAR recipe's flip)."""
-  flip = jax.random.bernoulli(key, 0.5, (images_BxHxWxC.shape[0], 1, 1, 1))
+  flip = flip_draws(key, images_BxHxWxC.shape[0])[:, None, None, None]
   return jnp.where(flip, images_BxHxWxC[:, :, ::-1, :], images_BxHxWxC)
 
 
-def augment(key: jax.Array, images_uint8: jax.Array, jitter_pixels: int = 0, hflip: bool = False) -> jax.Array:
-  """uint8 images as float in [0, 1], jittered by up to ``jitter_pixels`` and randomly flipped
-  when asked: the train steps' augmentation, one key for all of it."""
-  x = to_float(images_uint8)
+def augment_draws(key: jax.Array, n: int, jitter_pixels: int = 0, hflip: bool = False) -> dict[str, jax.Array]:
+  """The random draws :func:`augment` makes from ``key`` for ``n`` images: ``"offsets"``
+  (:func:`jitter_offsets`, when ``jitter_pixels``) and ``"flips"`` (:func:`flip_draws`, when
+  ``hflip``). A host reference can replay them to check the device pipeline."""
   k_jitter, k_flip = jax.random.split(key)
+  draws = {}
   if jitter_pixels:
-    x = jitter(k_jitter, x, jitter_pixels)
+    draws["offsets"] = jitter_offsets(k_jitter, n, jitter_pixels)
   if hflip:
-    x = random_hflip(k_flip, x)
+    draws["flips"] = flip_draws(k_flip, n)
+  return draws
+
+
+def augment(key: jax.Array, images_uint8: jax.Array, jitter_pixels: int = 0, hflip: bool = False) -> jax.Array:
+  """uint8 images as float in [0, 1], jittered (shifted with zero padding, i.e. randomly cropped)
+  by up to ``jitter_pixels`` and randomly flipped when asked: the train steps' augmentation, one
+  key for all of it (the draws are :func:`augment_draws`)."""
+  if jitter_pixels < 0:
+    raise ValueError(f"jitter_pixels must be >= 0, got {jitter_pixels}")
+  x = to_float(images_uint8)
+  draws = augment_draws(key, x.shape[0], jitter_pixels, hflip)
+  if jitter_pixels:
+    x = shift_crop(x, draws["offsets"], jitter_pixels)
+  if hflip:
+    x = jnp.where(draws["flips"][:, None, None, None], x[:, :, ::-1, :], x)
   return x
 
 

@@ -29,9 +29,10 @@ def _log_probs(student_logits: Array, teacher_logits: Array, temperature) -> tup
 
 
 def _kl_from_logs(log_p: Array, log_q: Array) -> Array:
-  """``KL(p ‖ q)`` over the last axis from log-probabilities; classes with ``p = 0`` add exactly 0."""
+  """``KL(p ‖ q)`` over the last axis from log-probabilities; classes with ``p = 0`` add exactly 0,
+  and a NaN anywhere stays NaN (a teacher gone NaN must not read as a perfect match)."""
   p = jnp.exp(log_p)
-  return jnp.sum(jnp.where(p > 0, p * (log_p - log_q), 0.0), axis=-1)
+  return jnp.sum(jnp.where(p == 0, 0.0, p * (log_p - log_q)), axis=-1)
 
 
 def soft_target_cross_entropy(

@@ -5,7 +5,28 @@ from __future__ import annotations
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
+
+PRECISIONS = {"fp32": None, "bf16": jnp.bfloat16}
+
+
+def compute_dtype(precision: str):
+  """The compute dtype of a precision name: ``"fp32"`` (None: the parameters' own float32) or
+  ``"bf16"`` (bfloat16 compute, float32 parameters)."""
+  try:
+    return PRECISIONS[precision]
+  except (KeyError, TypeError):
+    raise ValueError(f"unknown precision {precision!r}; use one of: {', '.join(PRECISIONS)}") from None
+
+
+def _set_compute_dtype(model: nnx.Module, dtype) -> None:
+  """Every Flax layer with a compute ``dtype`` (Linear, Conv, BatchNorm, LayerNorm, Embed, ...)
+  computes in ``dtype``; its parameters keep their ``param_dtype``, and normalization statistics
+  are still reduced in float32 (Flax's ``_compute_stats``)."""
+  for _, module in nnx.iter_modules(model):
+    if hasattr(module, "dtype") and hasattr(module, "param_dtype"):
+      module.dtype = dtype
 
 
 def split_model(model: nnx.Module):
@@ -14,16 +35,26 @@ def split_model(model: nnx.Module):
   return nnx.split(model, nnx.Param, ...)
 
 
-def apply_model(graphdef, params, rest, x: jax.Array, *, train: bool, rngs: jax.Array | None = None
-                ) -> tuple[jax.Array, dict[str, jax.Array], Any]:
+def apply_model(graphdef, params, rest, x: jax.Array, *, train: bool, rngs: jax.Array | None = None,
+                dtype=None) -> tuple[jax.Array, dict[str, jax.Array], Any]:
   """Pure forward pass: ``(logits, feats, new_rest)``.
 
   ``new_rest`` is the non-parameter state after the call (batch statistics in
   training mode); models without such state return it unchanged.
+
+  ``dtype`` (e.g. ``jnp.bfloat16``, see :func:`compute_dtype`) is mixed precision: every layer
+  computes in it while the parameters stay float32 (gradients reach them in float32), and the
+  logits and features come back as float32 for the losses. BatchNorm's statistics are reduced
+  in float32; its running averages stay float32 but are read through ``dtype`` when updated.
   """
   model = nnx.merge(graphdef, params, rest, copy=True)  # never mutates the caller's ``rest``, even outside jit
+  if dtype is not None:
+    _set_compute_dtype(model, dtype)
+    x = x.astype(dtype)
   logits, feats = model(x, train=train, rngs=rngs)
   _, _, new_rest = nnx.split(model, nnx.Param, ...)
+  if dtype is not None:
+    logits, feats = jax.tree.map(lambda a: a.astype(jnp.float32), (logits, feats))
   return logits, feats, new_rest
 
 

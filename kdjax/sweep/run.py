@@ -22,7 +22,7 @@ from kdjax.study import check_models_fit_data, environment, subset_data
 from kdjax.sweep.grid import Run, expand, group_runs, parse_grid
 from kdjax.sweep.report import write_report
 from kdjax.sweep.store import append_record, best_and_final, finished_ids, load_records, run_id
-from kdjax.sweep.train import train_group
+from kdjax.sweep.train import check_group, train_group
 from kdjax.train import TrainedModel, train_teacher
 
 # Study fields that do not change what a run computes: left out of a run's identity.
@@ -73,6 +73,8 @@ def run_sweep(base: StudyConfig, grid_items: list[str], *, out_dir: str | Path, 
   against (default: ``method=supervised`` when the grid has it, else the first variant)."""
   grid = parse_grid(grid_items, base)
   runs = expand(grid, base)
+  for r in runs:  # before any training: sweeps do not take these switches yet
+    check_group([r])
   if max_parallel is not None and max_parallel < 1:
     raise ValueError(f"max_parallel must be >= 1, got {max_parallel}")
   variants = list(dict.fromkeys(r.variant for r in runs))

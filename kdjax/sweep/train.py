@@ -25,7 +25,7 @@ from kdjax.data.augment import augment
 from kdjax.data.dataset import ArrayDataset
 from kdjax.methods import init_method, make_method
 from kdjax.models import create_model, feature_shapes, split_model
-from kdjax.models.functional import apply_model
+from kdjax.models.functional import apply_model, compute_dtype
 from kdjax.sweep.grid import KD_ALPHA, KD_TEMPERATURE, VMAPPED_METHOD_HPARAMS, Run
 from kdjax.train.api import TrainedModel
 from kdjax.train.loop import fit, steps_per_epoch
@@ -46,35 +46,42 @@ def traced_hparams(method: str, hparams) -> list[str]:
   return [k for k in TRACED if k in names and method in allowed.get(k, ())]
 
 
-def _check_group(runs: Sequence[Run]) -> None:
+def check_group(runs: Sequence[Run]) -> None:
   if not runs:
     raise ValueError("a group needs at least one run")
   first = runs[0]
   if any(r.group_key != first.group_key for r in runs):
     raise ValueError("these runs differ in more than seeds and scalar hyperparameters; train them in separate groups")
+  cfg = first.cfg.distilled
+  if cfg.steps_per_call != 1 or cfg.teacher_cache != "off":
+    raise ValueError("sweeps run one step per call with a live teacher: leave distilled.steps_per_call at 1 and "
+                     "distilled.teacher_cache off")
 
 
 def make_sweep_step(graphdef, tx, method_name: str, static_hparams: dict[str, Any], num_students: int, *,
-                    teacher_graphdef=None, jitter_pixels: int = 0, hflip: bool = False, data_seed: int = 0):
+                    teacher_graphdef=None, jitter_pixels: int = 0, hflip: bool = False, data_seed: int = 0,
+                    precision: str = "fp32"):
   """Jitted ``step(state, teacher_vars, batch, hparams) -> (state, metrics)`` for ``num_students``
-  stacked students; ``hparams`` maps each of :data:`TRACED` the method takes, and
+  stacked students (computing in ``precision``, see :func:`kdjax.train.make_train_step`); ``hparams`` maps each of :data:`TRACED` the method takes, and
   ``"learning_rate"``, to a ``[K]`` array. Metrics are ``[K]`` vectors (``loss/students``,
   ``accuracy/students``, ..., ``skipped/students`` = 1 where a student's step was not finite and
   was skipped, its state kept) and their means; ``finite`` is always true: one student's bad step
   never stops the others."""
+  dtype = compute_dtype(precision)
 
   def one(state, teacher, x, batch, hp):
     rng, k_drop, k_method = jax.random.split(state.rng, 3)
     method = make_method(method_name, **static_hparams, **{k: v for k, v in hp.items() if k != "learning_rate"})
     return update_student(graphdef, tx, method, state, teacher, x, batch, rng=rng, k_drop=k_drop, k_method=k_method,
-                          lr_scale=hp["learning_rate"])
+                          lr_scale=hp["learning_rate"], dtype=dtype)
 
   def step(state: TrainState, teacher_vars, batch, hparams):
     k_aug = jax.random.fold_in(jax.random.key(data_seed), state.step[0])  # one draw for the whole group
     x = augment(k_aug, batch["image"], jitter_pixels, hflip)
     teacher = None
     if teacher_graphdef is not None:
-      t_logits, t_feats, _ = apply_model(teacher_graphdef, teacher_vars["params"], teacher_vars["rest"], x, train=False)
+      t_logits, t_feats, _ = apply_model(teacher_graphdef, teacher_vars["params"], teacher_vars["rest"], x,
+                                         train=False, dtype=dtype)
       teacher = jax.lax.stop_gradient((t_logits, t_feats))
     new_state, m = jax.vmap(one, in_axes=(0, None, None, None, 0))(state, teacher, x, batch, hparams)
     # Means for the progress bar, and one [K] vector per metric: a few arrays to fetch per step, not K·M scalars.
@@ -120,7 +127,7 @@ def train_group(data: ArrayDataset, runs: Sequence[Run], teacher: TrainedModel |
   """Trains ``runs`` (one group, see :func:`kdjax.sweep.grid.group_runs`) together; returns one
   result per run, in order: ``{"history": [per-epoch dicts], "wall_s", "skipped_steps"}``, where
   ``wall_s`` is the group's wall time divided by its size (each run's share)."""
-  _check_group(runs)
+  check_group(runs)
   first = runs[0]
   cfg = first.cfg.distilled
   k_students = len(runs)
@@ -136,7 +143,7 @@ def train_group(data: ArrayDataset, runs: Sequence[Run], teacher: TrainedModel |
   graphdef, state = init_group(runs, tx, data.num_classes, data.image_shape, t_shapes, len(data.train_labels))
   hp = group_hparams(runs)
   step = make_sweep_step(graphdef, tx, first.method, static, k_students, teacher_graphdef=t_graphdef,
-                         jitter_pixels=cfg.jitter, hflip=cfg.hflip, data_seed=data_seed)
+                         jitter_pixels=cfg.jitter, hflip=cfg.hflip, data_seed=data_seed, precision=cfg.precision)
   eval_step = make_online_eval_step(graphdef)
   t0 = time.perf_counter()
   result = fit(state, lambda s, t, b: step(s, t, b, hp), None, data, epochs=cfg.epochs, batch_size=cfg.batch_size,

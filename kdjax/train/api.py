@@ -9,13 +9,14 @@ from typing import Any
 
 import jax
 
-from kdjax.config import TrainConfig
+from kdjax.config import TrainConfig, check_teacher_cache
 from kdjax.data.dataset import ArrayDataset
 from kdjax.methods import Method, hinton_kd, init_method, multi_teacher_kd, supervised
 from kdjax.models import create_model, feature_shapes, split_model
 from kdjax.train.loop import FitResult, fit, steps_per_epoch
 from kdjax.train.state import init_train_state, make_optimizer
 from kdjax.train.steps import make_eval_step, make_train_step, teacher_variables
+from kdjax.train.teacher_cache import cached_teacher_outputs
 
 
 @dataclasses.dataclass
@@ -72,8 +73,20 @@ def _train(data: ArrayDataset, cfg: TrainConfig, method: Method, *, seed: int, d
   if ema_decay is not None:
     t_shapes = s_shapes  # the student's moving average is its teacher
   # The train step checks the method against its teachers before anything is initialized.
+  check_teacher_cache(cfg.teacher_cache)
+  cached = cfg.teacher_cache != "off"
+  if cached and (isinstance(t_graphdef, dict) or t_graphdef is None):
+    raise ValueError("teacher_cache caches one fixed teacher's outputs: give one teacher (not several, not the "
+                     "student's moving average, not none)")
   train_step = make_train_step(graphdef, tx, method, jitter_pixels=cfg.jitter, hflip=cfg.hflip,
-                               teacher_graphdef=t_graphdef, ema_decay=ema_decay)
+                               teacher_graphdef=None if cached else t_graphdef, ema_decay=ema_decay,
+                               precision=cfg.precision, steps_per_call=cfg.steps_per_call, cached_teacher=cached)
+  teacher_cache = None
+  if cached:  # offline KD: the teacher's outputs on the training images, once
+    teacher_cache = cached_teacher_outputs(
+        t_graphdef, t_vars, data.train_images, path=None if cfg.teacher_cache == "device" else cfg.teacher_cache,
+        features=cfg.cache_features, precision=cfg.precision, augmented=bool(cfg.jitter or cfg.hflip))
+    t_vars = None
   # The method's learnable parts and state, sized from the feature shapes before any data is seen.
   method_params, method_state = init_method(method, jax.random.fold_in(key, 2), s_shapes, t_shapes,
                                             len(data.train_labels))
@@ -81,7 +94,8 @@ def _train(data: ArrayDataset, cfg: TrainConfig, method: Method, *, seed: int, d
                            ema=ema_decay is not None)
   result = fit(state, train_step, make_eval_step(graphdef), data, epochs=cfg.epochs,
                batch_size=cfg.batch_size, teacher_vars=t_vars, seed=seed, desc=desc, log_path=log_path,
-               log_fields=log_fields, progress=progress)
+               log_fields=log_fields, progress=progress, steps_per_call=cfg.steps_per_call,
+               teacher_cache=teacher_cache)
   return TrainedModel(cfg.model, data.num_classes, data.image_shape, graphdef,
                       result.state.params, result.state.rest, result, result.state.method_params,
                       result.state.ema)

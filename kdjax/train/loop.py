@@ -6,12 +6,12 @@ import dataclasses
 import json
 import math
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
@@ -49,15 +49,40 @@ def steps_per_epoch(num_examples: int, batch_size: int) -> int:
   return num_examples // batch_size  # the remainder is dropped; it changes with every shuffle
 
 
+def device_memory_bytes() -> int | None:
+  """The default device's memory (``bytes_limit`` of its memory statistics), or ``None`` where
+  the backend reports none (the CPU, whose device memory is the host's)."""
+  stats = jax.devices()[0].memory_stats()
+  return int(stats["bytes_limit"]) if stats and "bytes_limit" in stats else None
+
+
+def fits_on_device(nbytes: int, resident_bytes: int | None = None) -> bool:
+  """Whether ``nbytes`` of training data may stay resident on the device: at most
+  ``resident_bytes``, by default half the device's memory (always, where it reports none)."""
+  if resident_bytes is None:
+    limit = device_memory_bytes()
+    resident_bytes = None if limit is None else limit // 2
+  return resident_bytes is None or nbytes <= resident_bytes
+
+
 def fit(state: TrainState, train_step: Callable, eval_step: Callable | None, data: ArrayDataset, *,
         epochs: int, batch_size: int, teacher_vars=None, seed: int = 0, desc: str = "train",
         log_path: str | Path | None = None, log_fields: dict[str, Any] | None = None,
-        progress: bool = True, evaluate_fn: Callable[..., dict[str, Any]] | None = None) -> FitResult:
+        progress: bool = True, evaluate_fn: Callable[..., dict[str, Any]] | None = None,
+        steps_per_call: int = 1, teacher_cache: dict[str, Any] | None = None,
+        resident_bytes: int | None = None) -> FitResult:
   """Trains for ``epochs`` epochs; evaluates on the test split after each epoch.
 
-  The training set lives on the device as uint8; each epoch is a fresh
-  permutation drawn from ``seed``. Metrics of step ``i`` are fetched to the host
-  after step ``i + 1`` is dispatched, so the device never waits for the host; each epoch's record
+  The training set lives on the device as uint8 (with ``teacher_cache``, the teacher's cached
+  outputs beside it); each epoch is a fresh permutation drawn from ``seed``, gathered on the
+  device, and the step augments on the device, so with ``steps_per_call=S`` the host only
+  dispatches one call per ``S`` steps (``train_step`` built with the same ``steps_per_call``,
+  see :func:`kdjax.train.make_train_step`; an epoch's last ``n mod S`` steps go as one shorter
+  stack, compiled once more; ``S`` at least the steps per epoch runs a whole epoch per call). A
+  training set larger than ``resident_bytes`` (default: half the device's memory) streams
+  from the host instead, batch stack by batch stack, in the same order, with a warning.
+  Metrics of call ``i`` are fetched to the host
+  after call ``i + 1`` is dispatched, so the device never waits for the host; each epoch's record
   holds their means (a vector metric, one entry per stacked student, as a list).
   A non-finite loss, gradient or update stops training with :class:`NonFiniteLossError`
   naming the step; the state it carries is the last good one.
@@ -70,9 +95,28 @@ def fit(state: TrainState, train_step: Callable, eval_step: Callable | None, dat
   """
   if epochs < 1:
     raise ValueError(f"epochs must be >= 1, got {epochs}")
+  if not isinstance(steps_per_call, int) or steps_per_call < 1:
+    raise ValueError(f"steps_per_call must be an integer >= 1, got {steps_per_call!r}")
   n_steps = steps_per_epoch(len(data.train_labels), batch_size)
-  train_x, train_y = jax.device_put(data.train_images), jax.device_put(data.train_labels)
+  n = len(data.train_labels)
+  source = {"image": np.asarray(data.train_images), "label": np.asarray(data.train_labels),
+            "index": np.arange(n, dtype=np.int32)}
+  if teacher_cache is not None:
+    source["teacher"] = teacher_cache
+  nbytes = sum(a.nbytes for a in jax.tree.leaves(source))
+  resident = fits_on_device(nbytes, resident_bytes)
+  if resident:
+    source = jax.device_put(source)
+  else:
+    warnings.warn(f"{desc}: the training set ({nbytes / 2**20:,.1f} MiB) does not fit the device-resident "
+                  f"pipeline's budget ({(resident_bytes or device_memory_bytes() // 2) / 2**20:,.1f} MiB); "
+                  f"streaming its batches from the host instead (same order, slower)", stacklevel=2)
+    source = jax.tree.map(np.asarray, source)
   test_x, test_y = jax.device_put(data.test_images), jax.device_put(data.test_labels)
+  calls = [(lo, min(lo + steps_per_call, n_steps)) for lo in range(0, n_steps, steps_per_call)]
+
+  def stack(a, perm, lo, hi):  # batches lo..hi-1 of the epoch in their order: [hi - lo, B, ...]
+    return a[perm[lo * batch_size:hi * batch_size]].reshape(hi - lo, batch_size, *a.shape[1:])
   log_file = open(log_path, "a") if log_path else None
   history: list[dict[str, Any]] = []
   shuffle_key = jax.random.key(seed)
@@ -82,38 +126,49 @@ def fit(state: TrainState, train_step: Callable, eval_step: Callable | None, dat
              dynamic_ncols=True)
   try:
     for epoch in range(1, epochs + 1):
-      perm = jax.random.permutation(jax.random.fold_in(shuffle_key, epoch), len(train_y))[:n_steps * batch_size]
-      ep_x = train_x[perm].reshape(n_steps, batch_size, *train_x.shape[1:])
-      ep_y = train_y[perm].reshape(n_steps, batch_size)
-      ep_i = perm.astype(jnp.int32).reshape(n_steps, batch_size)
+      perm = jax.random.permutation(jax.random.fold_in(shuffle_key, epoch), n)[:n_steps * batch_size]
+      if resident:  # the epoch's order gathered on the device once; each call slices its stack
+        epoch_data = jax.tree.map(lambda a: stack(a, perm, 0, n_steps), source)
+      else:
+        perm = np.asarray(perm)
       sums: dict[str, float] = {}
-      pending = None  # (global step, device metrics) of the previous step
+      pending = None  # (global step of the call's first step, device metrics) of the previous call
 
       def consume(item):
-        step_no, m = item
+        first, m = item
         m = jax.device_get(m)
-        if not bool(m["finite"]):
-          bad = next((k for k in ("loss", "grad_norm", "update_norm") if k in m and not math.isfinite(float(m[k]))),
-                     "loss")
+        finite = np.atleast_1d(m["finite"])
+        if not finite.all():
+          i = int(np.argmin(finite))  # the first non-finite step of the call
+          m_i = {k: (np.asarray(v)[i] if steps_per_call > 1 else v) for k, v in m.items()}
+          bad = next((k for k in ("loss", "grad_norm", "update_norm")
+                      if k in m_i and not math.isfinite(float(m_i[k]))), "loss")
           raise NonFiniteLossError(
-              f"{desc}: {bad} became {float(m[bad])} at step {step_no} (epoch {epoch}); training "
-              f"stopped, the last good state is kept", step=step_no, metric=bad, state=state)
+              f"{desc}: {bad} became {float(m_i[bad])} at step {first + i} (epoch {epoch}); training "
+              f"stopped, the last good state is kept", step=first + i, metric=bad, state=state)
         for k, v in m.items():
           if k != "finite":
-            sums[k] = sums.get(k, 0.0) + np.asarray(v, np.float64)
+            v = np.asarray(v, np.float64)
+            sums[k] = sums.get(k, 0.0) + (v.sum(0) if steps_per_call > 1 else v)
         return m
 
-      for i in range(n_steps):
-        state, metrics = train_step(state, teacher_vars, {"image": ep_x[i], "label": ep_y[i], "index": ep_i[i]})
-        current = ((epoch - 1) * n_steps + i + 1, metrics)
+      for c, (lo, hi) in enumerate(calls):
+        if resident:
+          batch = jax.tree.map(lambda a: a[lo] if steps_per_call == 1 else a[lo:hi], epoch_data)
+        else:
+          batch = jax.device_put(jax.tree.map(lambda a: stack(a, perm, lo, hi)[0] if steps_per_call == 1
+                                              else stack(a, perm, lo, hi), source))
+        state, metrics = train_step(state, teacher_vars, batch)
+        current = ((epoch - 1) * n_steps + lo + 1, metrics)
         if pending is not None:
           m = consume(pending)
-          bar.update(1)
-          if i % 20 == 1:
-            bar.set_postfix(epoch=epoch, loss=f"{float(m['loss']):.4f}", acc=f"{float(m['accuracy']):.3f}")
+          bar.update(calls[c - 1][1] - calls[c - 1][0])
+          if c % 20 == 1:
+            bar.set_postfix(epoch=epoch, loss=f"{float(np.mean(m['loss'])):.4f}",
+                            acc=f"{float(np.mean(m['accuracy'])):.3f}")
         pending = current
       consume(pending)
-      bar.update(1)
+      bar.update(calls[-1][1] - calls[-1][0])
       if evaluate_fn is not None:
         test = evaluate_fn(state, test_x, test_y)
       else:

@@ -17,7 +17,7 @@ import optax
 
 from kdjax.data.augment import augment, padded_batches, to_float
 from kdjax.methods import Method, call_method
-from kdjax.models.functional import apply_model
+from kdjax.models.functional import apply_model, compute_dtype
 from kdjax.train.state import TrainState, trainables
 from kdjax.train.teachers import run_teachers, teacher_groups
 
@@ -28,7 +28,8 @@ def teacher_variables(params, rest) -> dict[str, Any]:
 
 
 def update_student(graphdef, tx: optax.GradientTransformation, method: Method, state: TrainState, teacher, x,
-                   batch, *, rng, k_drop, k_method, lr_scale=None, ema_update=None) -> tuple[TrainState, dict]:
+                   batch, *, rng, k_drop, k_method, lr_scale=None, ema_update=None, dtype=None
+                   ) -> tuple[TrainState, dict]:
   """One optimizer step of the student and the method's own parts on the augmented images ``x``,
   given the teacher's outputs: the body every train step shares (:func:`make_train_step`, and
   the sweep's vmapped step, which runs it once per student).
@@ -37,11 +38,13 @@ def update_student(graphdef, tx: optax.GradientTransformation, method: Method, s
   ``learning_rate=1``; SGD's and AdamW's updates are linear in it). ``ema_update(ema, new)`` gives
   the new moving average from the updated ``{"params", "rest"}``. Returns ``(state, metrics)``; a
   non-finite loss, gradient or update keeps the old state (step and key still advance),
-  ``finite = False``.
+  ``finite = False``. ``dtype`` is the student's compute dtype (mixed precision, see
+  :func:`kdjax.models.functional.apply_model`).
   """
 
   def loss_fn(trainable):
-    logits, feats, new_rest = apply_model(graphdef, trainable["student"], state.rest, x, train=True, rngs=k_drop)
+    logits, feats, new_rest = apply_model(graphdef, trainable["student"], state.rest, x, train=True, rngs=k_drop,
+                                          dtype=dtype)
     loss_B, terms, method_state = call_method(method, logits, feats, teacher,
                                               {**batch, "step": state.step, "key": k_method},
                                               trainable["method"], state.method_state)
@@ -80,7 +83,8 @@ def update_student(graphdef, tx: optax.GradientTransformation, method: Method, s
 
 def make_train_step(graphdef, tx: optax.GradientTransformation, method: Method, *,
                     teacher_graphdef=None, jitter_pixels: int = 0, hflip: bool = False,
-                    ema_decay: float | None = None) -> Callable:
+                    ema_decay: float | None = None, precision: str = "fp32", steps_per_call: int = 1,
+                    cached_teacher: bool = False) -> Callable:
   """Builds the jitted student step for ``method``.
 
   The method's own learnable parts (``state.method_params``) are differentiated
@@ -96,12 +100,35 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, method: Method, 
   (mean teacher, Tarvainen & Valpola 2017): kept in ``state.ema``, updated after every step as
   ``ema ← d·ema + (1 − d)·student``, and shown its own augmentation draw of the batch (the
   paper's two noise draws; with augmentation off both see the same images); ``teacher_vars`` is
-  then ``None``.
+  then ``None``. ``cached_teacher=True`` takes the teacher's outputs from the batch instead
+  (``batch["teacher"] = {"logits", "feats"}``, see :mod:`kdjax.train.teacher_cache`: offline KD)
+  and runs no teacher; ``teacher_vars`` is then ``None``.
+
+  Speed switches (none changes the result beyond floating-point precision):
+
+  - ``precision="bf16"``: the student and teacher compute in bfloat16; parameters, optimizer
+    state and the loss stay float32 (:func:`kdjax.models.functional.apply_model`).
+  - ``steps_per_call=S > 1``: the step takes ``S`` stacked batches (every leaf of ``batch`` with a
+    leading axis of ``S``; a shorter stack compiles once more) and runs them as one ``lax.scan``,
+    returning metrics with that leading axis. The teacher does not depend on the student, so its
+    forward pass for all ``S`` batches runs first, as one batch of ``S·B`` images (not for a mean
+    teacher, which changes with every step). After a non-finite step the rest of the stack leaves
+    the state as it was, so the state returned is the last good one.
+  - The state is donated to the step (its buffers are reused for the new state).
 
   Returns ``step(state, teacher_vars, batch) -> (state, metrics)``, jitted with
   the state donated; ``batch`` holds ``"image"``, ``"label"`` and, for methods with a memory bank,
   ``"index"`` (the examples' positions in the training set).
   """
+  dtype = compute_dtype(precision)
+  if not isinstance(steps_per_call, int) or steps_per_call < 1:
+    raise ValueError(f"steps_per_call must be an integer >= 1, got {steps_per_call!r}")
+  if cached_teacher:
+    if teacher_graphdef is not None or ema_decay is not None:
+      raise ValueError("cached_teacher takes the teacher's outputs from the batch: give no teacher_graphdef "
+                       "or ema_decay")
+    if not getattr(method, "needs_teacher", False) or getattr(method, "multi_teacher", False):
+      raise ValueError("cached_teacher needs a single-teacher method")
   multi = isinstance(teacher_graphdef, dict)
   method_multi = getattr(method, "multi_teacher", False)
   if multi:
@@ -121,33 +148,91 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, method: Method, 
     if not 0.0 <= ema_decay < 1.0:
       raise ValueError(f"ema_decay must lie in [0, 1), got {ema_decay}")
     teacher_graphdef = graphdef
-  if getattr(method, "needs_teacher", False) and teacher_graphdef is None:
+  if getattr(method, "needs_teacher", False) and teacher_graphdef is None and not cached_teacher:
     raise ValueError("this method needs a teacher, but no teacher was given")
 
   def ema_update(ema, new):  # ema <- d·ema + (1 - d)·student, on the floating-point variables
     return jax.tree.map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p
                         if jnp.issubdtype(p.dtype, jnp.floating) else p, ema, new)
 
-  def step(state: TrainState, teacher_vars, batch):
-    rng, k_aug, k_drop, k_method = jax.random.split(state.rng, 4)
-    x = augment(k_aug, batch["image"], jitter_pixels, hflip)
-    x_teacher = x
-    if ema_decay is not None:
-      teacher_vars = state.ema
-      # Mean teacher's consistency: the average sees its own augmentation draw of the batch.
-      x_teacher = augment(jax.random.fold_in(k_aug, 1), batch["image"], jitter_pixels, hflip)
-    teacher = None
+  def run_teacher(teacher_vars, x):
+    """The teacher's outputs on ``x``: inference mode, gradient stopped."""
     if multi:
-      teacher = run_teachers(teacher_graphdef, teacher_vars, x)
-    elif teacher_graphdef is not None:
-      t_logits, t_feats, _ = apply_model(teacher_graphdef, teacher_vars["params"], teacher_vars["rest"],
-                                         x_teacher, train=False)
-      teacher = jax.lax.stop_gradient((t_logits, t_feats))
+      return run_teachers(teacher_graphdef, teacher_vars, x, dtype=dtype)
+    t_logits, t_feats, _ = apply_model(teacher_graphdef, teacher_vars["params"], teacher_vars["rest"], x,
+                                       train=False, dtype=dtype)
+    return jax.lax.stop_gradient((t_logits, t_feats))
 
+  def split_keys(rng):  # the next state's key, then augmentation, dropout and the method's keys
+    return jax.random.split(rng, 4)
+
+  def update(state, teacher, x, batch, rng, k_drop, k_method):
     return update_student(graphdef, tx, method, state, teacher, x, batch, rng=rng, k_drop=k_drop,
-                          k_method=k_method, ema_update=ema_update if ema_decay is not None else None)
+                          k_method=k_method, ema_update=ema_update if ema_decay is not None else None,
+                          dtype=dtype)
 
-  return jax.jit(step, donate_argnums=0)
+  def step(state: TrainState, teacher_vars, batch):
+    rng, k_aug, k_drop, k_method = split_keys(state.rng)
+    x = augment(k_aug, batch["image"], jitter_pixels, hflip)
+    if cached_teacher:
+      teacher = (batch["teacher"]["logits"], batch["teacher"]["feats"])
+    elif ema_decay is not None:
+      # Mean teacher's consistency: the average sees its own augmentation draw of the batch.
+      teacher = run_teacher(state.ema, augment(jax.random.fold_in(k_aug, 1), batch["image"], jitter_pixels, hflip))
+    elif teacher_graphdef is not None:
+      teacher = run_teacher(teacher_vars, x)
+    else:
+      teacher = None
+    return update(state, teacher, x, batch, rng, k_drop, k_method)
+
+  def one_step(state: TrainState, teacher_vars, batch):
+    if batch["label"].ndim != 1:
+      raise ValueError(f"this step takes one batch (labels [B]), got labels of shape {batch['label'].shape}; "
+                       "build the step with steps_per_call > 1 for stacked batches")
+    return step(state, teacher_vars, batch)
+
+  def stacked_steps(state: TrainState, teacher_vars, batches):
+    if batches["label"].ndim != 2:
+      raise ValueError(f"this step takes stacked batches (labels [S, B], steps_per_call={steps_per_call}), got "
+                       f"labels of shape {batches['label'].shape}")
+    s, b = batches["label"].shape
+    hoist = teacher_graphdef is not None and ema_decay is None and not cached_teacher
+
+    def guarded(body):
+      """Runs ``body`` only while every step so far was finite; afterwards the state stands still."""
+
+      def wrapped(carry, inp):
+        state, ok = carry
+        new_state, metrics = body(state, inp)
+        new_state = jax.tree.map(lambda a, b_: jnp.where(ok, a, b_), new_state, state)
+        return (new_state, ok & metrics["finite"]), metrics
+
+      return wrapped
+
+    if not hoist:
+      (state, _), metrics = jax.lax.scan(guarded(lambda st, batch: step(st, teacher_vars, batch)),
+                                         (state, jnp.array(True)), batches)
+      return state, metrics
+
+    # The same keys, in the same order, as ``s`` single steps would split from ``state.rng``.
+    def chain(rng, _):
+      keys = split_keys(rng)
+      return keys[0], keys
+
+    _, keys = jax.lax.scan(chain, state.rng, None, length=s)
+    x = jax.vmap(lambda k, im: augment(k, im, jitter_pixels, hflip))(keys[:, 1], batches["image"])
+    # The teacher's work for the whole stack as one large batch, before the student's steps.
+    teacher = run_teacher(teacher_vars, x.reshape(s * b, *x.shape[2:]))
+    teacher = jax.tree.map(lambda a: a.reshape(s, b, *a.shape[1:]), teacher)
+
+    def body(st, inp):
+      teacher_i, x_i, batch_i, k = inp
+      return update(st, teacher_i, x_i, batch_i, k[0], k[2], k[3])
+
+    (state, _), metrics = jax.lax.scan(guarded(body), (state, jnp.array(True)), (teacher, x, batches, keys))
+    return state, metrics
+
+  return jax.jit(one_step if steps_per_call == 1 else stacked_steps, donate_argnums=0)
 
 
 def make_eval_step(graphdef) -> Callable:

@@ -46,9 +46,10 @@ def stack_trees(trees: list[Any]) -> Any:
   return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
 
 
-def run_teachers(graphdefs: Mapping[str, Any], teacher_vars: Mapping[str, Any], x: jax.Array
+def run_teachers(graphdefs: Mapping[str, Any], teacher_vars: Mapping[str, Any], x: jax.Array, *, dtype=None
                  ) -> dict[str, tuple[jax.Array, dict[str, jax.Array]]]:
-  """``{name: (logits, feats)}`` of every teacher on ``x``, in inference mode, gradient stopped.
+  """``{name: (logits, feats)}`` of every teacher on ``x``, in inference mode, gradient stopped;
+  ``dtype`` is the compute dtype (mixed precision, see :func:`kdjax.models.functional.apply_model`).
 
   Inside ``jit`` the stacking of a group's variables is one copy per step, small next to the
   forward passes it batches.
@@ -60,7 +61,7 @@ def run_teachers(graphdefs: Mapping[str, Any], teacher_vars: Mapping[str, Any], 
   for graphdef, names in teacher_groups(graphdefs):
 
     def forward(v, graphdef=graphdef):
-      logits, feats, _ = apply_model(graphdef, v["params"], v["rest"], x, train=False)
+      logits, feats, _ = apply_model(graphdef, v["params"], v["rest"], x, train=False, dtype=dtype)
       return logits, feats
 
     if len(names) == 1:
