@@ -3,6 +3,8 @@
     kdjax distill [--config NAME] [--data SPEC] [--seeds 0,1,2] [--set key=value ...]
     kdjax sweep [CONFIG] --grid key=v1,v2 [--grid ...] [--set key=value ...] [--max-parallel K]
     kdjax list
+    kdjax bench [--teacher T --student S] [--batch 64,256,1024] [--precision fp32,bf16]
+                [--steps-per-call 1,16] [--mode step,epoch,cached] [--students 1,4] [--json PATH]
 """
 
 from __future__ import annotations
@@ -49,6 +51,34 @@ def _parser() -> argparse.ArgumentParser:
   w.add_argument("--out", help="output directory (default: runs/sweep_<config>)")
   w.add_argument("--no-progress", action="store_true", help="no progress bars")
   sub.add_parser("list", help="list the study configs, models and datasets")
+  b = sub.add_parser("bench", help="time the distillation train step: images/s, compile time, FLOPs, MFU, memory",
+                     description="Times the KD train step on random data already on the device (median of timed "
+                                 "windows after warm-up) and prints a Markdown table; comma lists give one row per "
+                                 "combination. See kdjax.bench.")
+  b.add_argument("--teacher", default="resnet32x4", help="teacher model (default: resnet32x4)")
+  b.add_argument("--student", default="resnet8x4", help="student model (default: resnet8x4)")
+  b.add_argument("--method", default="hinton", help="distillation method (default: hinton, alpha 0.5, T 4)")
+  b.add_argument("--batch", default="64", metavar="B[,B...]", help="batch sizes (default: 64)")
+  b.add_argument("--precision", default="fp32", metavar="P[,P...]", help="fp32 and/or bf16 (default: fp32)")
+  b.add_argument("--steps-per-call", default="1", metavar="S[,S...]",
+                 help="steps per dispatch, run as one lax.scan over S stacked batches (default: 1)")
+  b.add_argument("--mode", default="step", metavar="M[,M...]",
+                 help="step (the train step alone), epoch (fit over a device-resident dataset, augmented on the "
+                      "device) or cached (the teacher's outputs precomputed); default: step")
+  b.add_argument("--students", default="1", metavar="K[,K...]", help="students trained at once with vmap (default: 1)")
+  b.add_argument("--steps", type=int, default=60, help="steps per timed window (default: 60)")
+  b.add_argument("--windows", type=int, default=3, help="timed windows; the median is reported (default: 3)")
+  b.add_argument("--epoch-size", type=int, metavar="N",
+                 help="epoch mode: training images per epoch (default: steps x batch; CIFAR's is 50000)")
+  b.add_argument("--warmup", type=int, help="untimed calls after the first (default: 5; epoch mode: epochs, 1)")
+  b.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
+                 help="random crop (padding 4) and flips on the device (default: only in epoch mode)")
+  b.add_argument("--backend", help="cpu, gpu or tpu (default: JAX's default backend)")
+  b.add_argument("--peak-tflops", type=float, help="the device's peak TFLOP/s for the MFU (default: a table of "
+                                                   "known accelerators; none on the CPU)")
+  b.add_argument("--classes", type=int, default=100, help="number of classes (default: 100)")
+  b.add_argument("--input-shape", metavar="H,W,C", help="image shape (default: the student's, 32,32,3 for CIFAR)")
+  b.add_argument("--json", metavar="PATH", help="append one JSON line per row to PATH (default: print them)")
   return p
 
 
@@ -71,6 +101,8 @@ def main(argv: list[str] | None = None) -> int:
 
   if args.command == "sweep":
     return _sweep(args)
+  if args.command == "bench":
+    return _bench(args)
 
   cfg = PRESETS[args.config]
   extra = list(args.overrides)
@@ -127,6 +159,63 @@ def _sweep(args) -> int:
     return 1
   print((result.out_dir / "report.md").read_text())
   print(f"written: {', '.join(str(p) for p in result.reports.values())}")
+  return 0
+
+
+def _int_list(flag: str, text: str) -> list[int]:
+  try:
+    values = [int(t) for t in text.split(",") if t.strip()]
+  except ValueError:
+    raise ValueError(f"{flag}: {text!r} is not a comma-separated list of integers") from None
+  if not values:
+    raise ValueError(f"{flag}: no values given")
+  return values
+
+
+def _str_list(flag: str, text: str) -> list[str]:
+  values = [t.strip() for t in text.split(",") if t.strip()]
+  if not values:
+    raise ValueError(f"{flag}: no values given")
+  return values
+
+
+def _bench(args) -> int:
+  import itertools
+
+  from kdjax.bench import add_ratios, bench_kd, check_config, format_table, to_jsonl, write_jsonl
+  try:
+    axes = {"mode": _str_list("--mode", args.mode), "batch": _int_list("--batch", args.batch),
+            "precision": _str_list("--precision", args.precision),
+            "steps_per_call": _int_list("--steps-per-call", args.steps_per_call),
+            "students": _int_list("--students", args.students)}
+    shape = None if args.input_shape is None else tuple(_int_list("--input-shape", args.input_shape))
+    if shape is not None and len(shape) != 3:
+      raise ValueError(f"--input-shape: expected H,W,C, got {args.input_shape!r}")
+    common = dict(method=args.method, num_classes=args.classes, input_shape=shape, steps=args.steps,
+                  windows=args.windows, warmup=args.warmup, epoch_size=args.epoch_size, augment=args.augment,
+                  backend=args.backend, peak_tflops=args.peak_tflops)
+    combos = [dict(zip(axes, values)) for values in itertools.product(*axes.values())]
+    for combo in combos:  # every row checked before the first compiles
+      try:
+        check_config(args.teacher, args.student, **common, **combo)
+      except ValueError as e:
+        raise ValueError(f"{e} ({', '.join(f'{k}={v}' for k, v in combo.items())})" if len(combos) > 1 else e) from None
+    reports = []
+    for i, combo in enumerate(combos, 1):
+      r = bench_kd(args.teacher, args.student, **common, **combo)
+      reports.append(r)
+      print(f"[{i}/{len(combos)}] {', '.join(f'{k}={v}' for k, v in combo.items())}: {r['images_per_s']:,.0f} "
+            f"images/s, compile {r['compile_s']:.1f} s", file=sys.stderr, flush=True)
+  except ValueError as e:
+    print(f"kdjax: error: {e}", file=sys.stderr)
+    return 2
+  add_ratios(reports)
+  print(format_table(reports))
+  if args.json:
+    write_jsonl(reports, args.json)
+    print(f"\nwritten: {args.json}")
+  else:
+    print("\n" + to_jsonl(reports), end="")
   return 0
 
 
