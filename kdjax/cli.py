@@ -1,6 +1,7 @@
 """The ``kdjax`` command line.
 
     kdjax distill [--config NAME] [--data SPEC] [--seeds 0,1,2] [--set key=value ...]
+                  [--checkpoint-every N] [--resume] [--teacher-checkpoint DIR] [--distributed ...]
     kdjax sweep [CONFIG] --grid key=v1,v2 [--grid ...] [--set key=value ...] [--max-parallel K]
     kdjax list
     kdjax bench [--teacher T --student S] [--batch 64,256,1024] [--precision fp32,bf16]
@@ -31,6 +32,20 @@ def _parser() -> argparse.ArgumentParser:
                  help="override a config field, e.g. --set temperature=4 --set teacher.epochs=20")
   d.add_argument("--no-progress", action="store_true", help="no progress bars")
   d.add_argument("--show-config", action="store_true", help="print the resolved config and exit")
+  d.add_argument("--checkpoint-every", type=int, metavar="N",
+                 help="Orbax checkpoints of every run every N steps and at each epoch's end (0: epoch ends only), "
+                      "under WORKDIR/NAME/checkpoints")
+  d.add_argument("--resume", action="store_true",
+                 help="continue each run from its newest complete checkpoint (finished runs are restored)")
+  d.add_argument("--teacher-checkpoint", metavar="DIR",
+                 help="restore the teacher from a run's checkpoint folder (e.g. WORKDIR/NAME/checkpoints/"
+                      "teacher_seed0) instead of training it; its architecture must be the config's")
+  d.add_argument("--distributed", action="store_true",
+                 help="join a multi-process run (jax.distributed.initialize): on TPU pods, Slurm and Kubernetes "
+                      "the arguments come from the environment, elsewhere give the three below")
+  d.add_argument("--coordinator", metavar="HOST:PORT", help="with --distributed: process 0's address")
+  d.add_argument("--num-processes", type=int, metavar="N", help="with --distributed: how many processes")
+  d.add_argument("--process-id", type=int, metavar="I", help="with --distributed: this process's index")
   w = sub.add_parser("sweep", help="a grid over methods, hyperparameters and seeds; vmapped groups, a report",
                      description="Trains every run of a grid over a study preset (runs differing only in seed, "
                                  "temperature, alpha, learning rate or DKD/DIST's beta train together as one vmapped "
@@ -104,6 +119,12 @@ def main(argv: list[str] | None = None) -> int:
   if args.command == "bench":
     return _bench(args)
 
+  if not args.distributed and any(v is not None for v in (args.coordinator, args.num_processes, args.process_id)):
+    print("kdjax: error: --coordinator, --num-processes and --process-id go with --distributed", file=sys.stderr)
+    return 2
+  if args.checkpoint_every is not None and args.checkpoint_every < 0:
+    print(f"kdjax: error: --checkpoint-every must be >= 0, got {args.checkpoint_every}", file=sys.stderr)
+    return 2
   cfg = PRESETS[args.config]
   extra = list(args.overrides)
   if args.data:
@@ -125,19 +146,25 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps(dataclasses.asdict(cfg), indent=2))
     return 0
 
+  from kdjax.parallel import initialize_distributed, is_primary
   from kdjax.study import format_table, run_study
   from kdjax.train import NonFiniteLossError
   try:
-    result = run_study(cfg, progress=not args.no_progress)
+    if args.distributed:
+      initialize_distributed(args.coordinator, args.num_processes, args.process_id)
+    result = run_study(cfg, progress=not args.no_progress, checkpoint_every=args.checkpoint_every,
+                       resume=args.resume, teacher_checkpoint=args.teacher_checkpoint)
   except (ValueError, FileNotFoundError, NotADirectoryError) as e:
     print(f"kdjax: error: {e}", file=sys.stderr)
     return 2
   except NonFiniteLossError as e:
     print(f"kdjax: error: {e}", file=sys.stderr)
     return 1
-  print(format_table(result))
-  if result.out_dir:
-    print(f"\nwritten: {result.out_dir}/metrics.jsonl, results.json, table.md")
+  if is_primary():
+    print(format_table(result))
+    if result.out_dir:
+      print(f"\nwritten: {result.out_dir}/metrics.jsonl, results.json, table.md"
+            + (", checkpoints/" if args.checkpoint_every is not None or args.resume else ""))
   return 0
 
 

@@ -74,8 +74,22 @@ def check_models_fit_data(cfg: StudyConfig, data: ArrayDataset) -> None:
 
 
 def run_study(cfg: StudyConfig, *, data: ArrayDataset | None = None, progress: bool = True,
-              write: bool = True) -> StudyResult:
+              write: bool = True, checkpoint_every: int | None = None, resume: bool = False,
+              teacher_checkpoint: str | Path | None = None) -> StudyResult:
+  """Trains the teacher, the student alone (and its augmented control) and the distilled student
+  over the seeds, and writes the table and results. ``checkpoint_every`` (steps; 0 = at epoch ends
+  only) checkpoints every run under ``WORKDIR/NAME/checkpoints/ROLE_seedS``; ``resume`` continues
+  each run from its newest checkpoint there (a finished run is restored, not trained again);
+  ``teacher_checkpoint`` restores the teacher from a run's checkpoint folder instead of training
+  it (its architecture is checked against ``cfg.teacher``). With several processes only process
+  0 prints and writes files."""
+  from kdjax.parallel import is_primary
+  from kdjax.train import restore_trained
   validate_study(cfg)
+  primary = is_primary()
+  checkpoints = checkpoint_every is not None or resume
+  if checkpoints and not write:
+    raise ValueError("checkpoints go under the workdir: they need write=True")
   if data is None:
     data = load_dataset(cfg.dataset, tfds_data_dir=cfg.tfds_data_dir, download=cfg.download)
   check_models_fit_data(cfg, data)
@@ -85,27 +99,36 @@ def run_study(cfg: StudyConfig, *, data: ArrayDataset | None = None, progress: b
   if out_dir:
     out_dir.mkdir(parents=True, exist_ok=True)
     log_path = out_dir / "metrics.jsonl"
-    log_path.write_text("")
+    if primary and not resume:
+      log_path.write_text("")
   t0 = time.perf_counter()
   runs: dict[str, list[dict[str, Any]]] = {r: [] for r in ROLES}
 
   def run(role, seed, train_fn, *args, **kwargs):
+    if checkpoints:
+      kwargs.update(checkpoint_dir=out_dir / "checkpoints" / f"{role}_seed{seed}",
+                    checkpoint_every=checkpoint_every or 0, resume=resume)
     try:
-      trained = train_fn(data, *args, seed=seed, log_path=log_path, progress=progress,
+      trained = train_fn(data, *args, seed=seed, log_path=log_path, progress=progress and primary,
                          log_fields={"run": role, "seed": seed}, **kwargs)
     except NonFiniteLossError as e:
-      if out_dir:  # keep the last good state on disk before giving up
+      if out_dir and primary:  # keep the last good state on disk before giving up
         saved = save_pytree(out_dir / f"{role}_seed{seed}_last_good.npz", e.state)
         e.args = (f"{e.args[0]}; saved to {saved}",)
       raise
     runs[role].append({"seed": seed, **trained.test, "wall_s": round(trained.fit.wall_s, 2)})
-    if progress:
+    if progress and primary:
       print(f"{ROLE_LABELS[role]:<32} seed {seed}: {trained.test['errors']:>5} test errors "
             f"({100 * trained.test['accuracy']:.2f}%), {trained.fit.wall_s:.1f} s", flush=True)
     return trained
 
-  teacher = run("teacher", cfg.seeds[0], train_teacher, cfg.teacher)
-  if out_dir:
+  if teacher_checkpoint is not None:
+    teacher = restore_trained(teacher_checkpoint, cfg.teacher, data)
+    runs["teacher"].append({"seed": cfg.seeds[0], **teacher.test, "wall_s": round(teacher.fit.wall_s, 2),
+                            "restored_from": str(teacher_checkpoint)})
+  else:
+    teacher = run("teacher", cfg.seeds[0], train_teacher, cfg.teacher)
+  if out_dir and primary:
     save_pytree(out_dir / "teacher.npz", teacher.variables)
   control = control_config(cfg)
   for seed in cfg.seeds:
@@ -115,7 +138,7 @@ def run_study(cfg: StudyConfig, *, data: ArrayDataset | None = None, progress: b
     run("distilled", seed, distill, cfg.distilled, teacher, alpha=cfg.alpha, temperature=cfg.temperature)
   result = StudyResult(cfg, data.name, len(data.test_labels), runs, time.perf_counter() - t0,
                        env["device"], out_dir)
-  if out_dir:
+  if out_dir and primary:
     (out_dir / "results.json").write_text(json.dumps(
         {"config": to_dict(cfg), "environment": env, "dataset": data.summary(), "runs": runs,
          "wall_s": round(result.wall_s, 1)}, indent=2))

@@ -13,6 +13,7 @@ from kdjax.config import TrainConfig, check_teacher_cache
 from kdjax.data.dataset import ArrayDataset
 from kdjax.methods import Method, hinton_kd, init_method, multi_teacher_kd, supervised
 from kdjax.models import create_model, feature_shapes, split_model
+from kdjax.train.checkpoint import Checkpointing, restore_run
 from kdjax.train.loop import FitResult, fit, steps_per_epoch
 from kdjax.train.state import init_train_state, make_optimizer
 from kdjax.train.steps import make_eval_step, make_train_step, teacher_variables
@@ -57,9 +58,10 @@ def _teacher_args(teacher: Teachers, input_shape) -> tuple[Any, Any, Any]:
           feature_shapes(teacher.graphdef, teacher.params, teacher.rest, input_shape))
 
 
-def _train(data: ArrayDataset, cfg: TrainConfig, method: Method, *, seed: int, desc: str,
-           teacher: Teachers = None, ema_decay: float | None = None, log_path: str | Path | None = None,
-           log_fields: dict[str, Any] | None = None, progress: bool = True) -> TrainedModel:
+def _initial_state(data: ArrayDataset, cfg: TrainConfig, method: Method, *, seed: int, teacher_shapes,
+                   ema: bool = False):
+  """``(graphdef, tx, state)`` of a run before its first step: the model from
+  ``seed``, the optimizer and its state, the method's parts sized from the feature shapes."""
   model = create_model(cfg.model, num_classes=data.num_classes, input_shape=data.image_shape, seed=seed,
                        **cfg.model_options())
   graphdef, params, rest = split_model(model)
@@ -68,16 +70,33 @@ def _train(data: ArrayDataset, cfg: TrainConfig, method: Method, *, seed: int, d
                       momentum=cfg.momentum, weight_decay=cfg.weight_decay, schedule=cfg.schedule,
                       decay_epochs=cfg.decay_epochs, steps_per_epoch=per_epoch)
   key = jax.random.key(seed)
-  t_graphdef, t_vars, t_shapes = _teacher_args(teacher, data.image_shape)
   s_shapes = feature_shapes(graphdef, params, rest, data.image_shape)
-  if ema_decay is not None:
-    t_shapes = s_shapes  # the student's moving average is its teacher
+  # The method's learnable parts and state, sized from the feature shapes before any data is seen.
+  method_params, method_state = init_method(method, jax.random.fold_in(key, 2), s_shapes,
+                                            s_shapes if ema else teacher_shapes, len(data.train_labels))
+  state = init_train_state(params, rest, tx, jax.random.fold_in(key, 1), method_params, method_state, ema=ema)
+  return graphdef, tx, state
+
+
+def _identity(cfg: TrainConfig, data: ArrayDataset) -> dict[str, Any]:
+  """What a checkpoint of this run must have been made by: the model, its classes and input."""
+  return {"model": cfg.model, "num_classes": data.num_classes, "input_shape": list(data.image_shape)}
+
+
+def _train(data: ArrayDataset, cfg: TrainConfig, method: Method, *, seed: int, desc: str,
+           teacher: Teachers = None, ema_decay: float | None = None, log_path: str | Path | None = None,
+           log_fields: dict[str, Any] | None = None, progress: bool = True,
+           checkpoint_dir: str | Path | None = None, checkpoint_every: int = 0, resume: bool = False,
+           mesh=None) -> TrainedModel:
+  t_graphdef, t_vars, t_shapes = _teacher_args(teacher, data.image_shape)
   # The train step checks the method against its teachers before anything is initialized.
   check_teacher_cache(cfg.teacher_cache)
   cached = cfg.teacher_cache != "off"
   if cached and (isinstance(t_graphdef, dict) or t_graphdef is None):
     raise ValueError("teacher_cache caches one fixed teacher's outputs: give one teacher (not several, not the "
                      "student's moving average, not none)")
+  graphdef, tx, state = _initial_state(data, cfg, method, seed=seed, teacher_shapes=t_shapes,
+                                       ema=ema_decay is not None)
   train_step = make_train_step(graphdef, tx, method, jitter_pixels=cfg.jitter, hflip=cfg.hflip,
                                teacher_graphdef=None if cached else t_graphdef, ema_decay=ema_decay,
                                precision=cfg.precision, steps_per_call=cfg.steps_per_call, cached_teacher=cached)
@@ -87,18 +106,38 @@ def _train(data: ArrayDataset, cfg: TrainConfig, method: Method, *, seed: int, d
         t_graphdef, t_vars, data.train_images, path=None if cfg.teacher_cache == "device" else cfg.teacher_cache,
         features=cfg.cache_features, precision=cfg.precision, augmented=bool(cfg.jitter or cfg.hflip))
     t_vars = None
-  # The method's learnable parts and state, sized from the feature shapes before any data is seen.
-  method_params, method_state = init_method(method, jax.random.fold_in(key, 2), s_shapes, t_shapes,
-                                            len(data.train_labels))
-  state = init_train_state(params, rest, tx, jax.random.fold_in(key, 1), method_params, method_state,
-                           ema=ema_decay is not None)
+  checkpointing = None if checkpoint_dir is None else Checkpointing(
+      checkpoint_dir, every_steps=checkpoint_every, resume=resume, identity=_identity(cfg, data))
   result = fit(state, train_step, make_eval_step(graphdef), data, epochs=cfg.epochs,
                batch_size=cfg.batch_size, teacher_vars=t_vars, seed=seed, desc=desc, log_path=log_path,
                log_fields=log_fields, progress=progress, steps_per_call=cfg.steps_per_call,
-               teacher_cache=teacher_cache)
+               teacher_cache=teacher_cache, mesh=mesh, checkpointing=checkpointing)
   return TrainedModel(cfg.model, data.num_classes, data.image_shape, graphdef,
                       result.state.params, result.state.rest, result, result.state.method_params,
                       result.state.ema)
+
+
+def restore_trained(checkpoint_dir: str | Path, cfg: TrainConfig, data: ArrayDataset, *,
+                    method: Method | None = None) -> TrainedModel:
+  """A model trained with ``checkpoint_dir`` (e.g. a teacher), from its newest complete
+  checkpoint, for use without training again: ``cfg`` and ``data`` must be what it was trained
+  with (the model, its classes and input shape are checked, and a checkpoint of another
+  architecture is an error naming both); ``method`` the teacher-free method it was trained with
+  (default: cross-entropy)."""
+  method = supervised() if method is None else method
+  graphdef, _, like = _initial_state(data, cfg, method, seed=0, teacher_shapes={})
+  restored = restore_run(Checkpointing(checkpoint_dir, identity=_identity(cfg, data)), like)
+  if restored is None:
+    raise FileNotFoundError(f"no complete checkpoint in {checkpoint_dir}")
+  state, meta = restored
+  history = meta["history"]
+  if not history or meta["step"] != history[-1]["step"]:
+    raise ValueError(f"the newest checkpoint in {checkpoint_dir} is mid-training (step {meta['step']}); finish the "
+                     "run (resume it) before using the model")
+  test = {k[5:]: v for k, v in history[-1].items() if k.startswith("test_")}
+  fit_result = FitResult(state=state, history=history, test=test, wall_s=meta["wall_s"])
+  return TrainedModel(cfg.model, data.num_classes, data.image_shape, graphdef, state.params, state.rest,
+                      fit_result, state.method_params, state.ema)
 
 
 def train_teacher(data: ArrayDataset, cfg: TrainConfig, *, seed: int = 0, **kwargs) -> TrainedModel:

@@ -16,6 +16,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from kdjax.data.dataset import ArrayDataset
+from kdjax.train.checkpoint import Checkpointing, restore_run, save_run
 from kdjax.train.state import TrainState
 from kdjax.train.steps import evaluate
 
@@ -70,7 +71,7 @@ def fit(state: TrainState, train_step: Callable, eval_step: Callable | None, dat
         log_path: str | Path | None = None, log_fields: dict[str, Any] | None = None,
         progress: bool = True, evaluate_fn: Callable[..., dict[str, Any]] | None = None,
         steps_per_call: int = 1, teacher_cache: dict[str, Any] | None = None,
-        resident_bytes: int | None = None) -> FitResult:
+        resident_bytes: int | None = None, mesh=None, checkpointing: Checkpointing | None = None) -> FitResult:
   """Trains for ``epochs`` epochs; evaluates on the test split after each epoch.
 
   The training set lives on the device as uint8 (with ``teacher_cache``, the teacher's cached
@@ -85,7 +86,20 @@ def fit(state: TrainState, train_step: Callable, eval_step: Callable | None, dat
   after call ``i + 1`` is dispatched, so the device never waits for the host; each epoch's record
   holds their means (a vector metric, one entry per stacked student, as a list).
   A non-finite loss, gradient or update stops training with :class:`NonFiniteLossError`
-  naming the step; the state it carries is the last good one.
+  naming the step; the state it carries is the last good one, and no checkpoint is written
+  after it.
+
+  Devices: every step runs data-parallel over ``mesh`` (default: :func:`kdjax.parallel.make_mesh`,
+  every device; one device is the trivial case): the state and teacher replicated, each batch
+  split over the ``"data"`` axis (``batch_size`` must divide by its size). With several
+  processes each feeds only its own rows of every batch (streamed from the host), and only
+  process 0 logs and shows progress.
+
+  ``checkpointing`` (:class:`kdjax.train.checkpoint.Checkpointing`) writes Orbax checkpoints of
+  the state with the loop's position and history every ``every_steps`` steps and at the end of
+  every epoch; with ``resume`` the run continues from the newest complete one (the same seed gives
+  the same batches, augmentation and result as a run never interrupted; a run already finished
+  trains nothing).
 
   ``evaluate_fn(state, test_images, test_labels) -> dict``, when given, replaces the default
   evaluation (``eval_step`` on ``state.params``, ``state.rest``; it may then be ``None``), e.g.
@@ -93,49 +107,80 @@ def fit(state: TrainState, train_step: Callable, eval_step: Callable | None, dat
   device-resident test split; the dict must hold ``"accuracy"``, ``"errors"`` and ``"loss"``
   and may add more (each logged as ``test_<key>``).
   """
+  from kdjax import parallel
   if epochs < 1:
     raise ValueError(f"epochs must be >= 1, got {epochs}")
   if not isinstance(steps_per_call, int) or steps_per_call < 1:
     raise ValueError(f"steps_per_call must be an integer >= 1, got {steps_per_call!r}")
   n_steps = steps_per_epoch(len(data.train_labels), batch_size)
+  mesh = parallel.make_mesh() if mesh is None else mesh
+  parallel.check_batch(batch_size, mesh)
+  primary = jax.process_index() == 0
   n = len(data.train_labels)
   source = {"image": np.asarray(data.train_images), "label": np.asarray(data.train_labels),
             "index": np.arange(n, dtype=np.int32)}
   if teacher_cache is not None:
-    source["teacher"] = teacher_cache
+    source["teacher"] = jax.device_get(teacher_cache)
   nbytes = sum(a.nbytes for a in jax.tree.leaves(source))
-  resident = fits_on_device(nbytes, resident_bytes)
+  resident = jax.process_count() == 1 and fits_on_device(nbytes, resident_bytes)
   if resident:
-    source = jax.device_put(source)
-  else:
+    source = parallel.replicate(source, mesh)
+  elif jax.process_count() == 1:
     warnings.warn(f"{desc}: the training set ({nbytes / 2**20:,.1f} MiB) does not fit the device-resident "
                   f"pipeline's budget ({(resident_bytes or device_memory_bytes() // 2) / 2**20:,.1f} MiB); "
                   f"streaming its batches from the host instead (same order, slower)", stacklevel=2)
-    source = jax.tree.map(np.asarray, source)
-  test_x, test_y = jax.device_put(data.test_images), jax.device_put(data.test_labels)
-  calls = [(lo, min(lo + steps_per_call, n_steps)) for lo in range(0, n_steps, steps_per_call)]
+  test_x, test_y = parallel.replicate((np.asarray(data.test_images), np.asarray(data.test_labels)), mesh)
+  # The default evaluation splits each test batch over the data axis itself, from the host's copy.
+  eval_x, eval_y = (test_x, test_y) if parallel.trivial(mesh) else (data.test_images, data.test_labels)
+  teacher_vars = None if teacher_vars is None else parallel.replicate(teacher_vars, mesh)
 
   def stack(a, perm, lo, hi):  # batches lo..hi-1 of the epoch in their order: [hi - lo, B, ...]
     return a[perm[lo * batch_size:hi * batch_size]].reshape(hi - lo, batch_size, *a.shape[1:])
-  log_file = open(log_path, "a") if log_path else None
+
+  # The epoch's order gathered on the device once, each batch split over the data axis.
+  gather_epoch = jax.jit(lambda src, perm: jax.tree.map(lambda a: stack(a, perm, 0, n_steps), src),
+                         out_shardings=None if parallel.trivial(mesh) else parallel.batch_sharding(mesh, stacked=True))
+
   history: list[dict[str, Any]] = []
+  start, partial_sums, wall_before = 0, None, 0.0
+  if checkpointing is not None and checkpointing.resume:
+    restored = restore_run(checkpointing, state)
+    if restored is not None:
+      state, meta = restored
+      _check_position(meta, checkpointing, n_steps=n_steps, batch_size=batch_size, seed=seed)
+      start, history, wall_before = meta["step"], meta["history"], meta["wall_s"]
+      partial_sums = {k: np.asarray(v, np.float64) for k, v in meta["sums"].items()}
+      if primary and progress:
+        print(f"{desc}: resumed from step {start} ({checkpointing.directory})", flush=True)
+  state = parallel.replicate(state, mesh)
+  log_file = open(log_path, "a") if log_path and primary else None
   shuffle_key = jax.random.key(seed)
   t0 = time.perf_counter()
+
+  def save(step_no, sums):
+    if checkpointing is not None:
+      save_run(checkpointing, step_no, state, {
+          "step": step_no, "history": history, "sums": {k: np.asarray(v).tolist() for k, v in sums.items()},
+          "wall_s": wall_before + time.perf_counter() - t0, "n_steps": n_steps, "batch_size": batch_size,
+          "seed": seed})
+
   # disable=None: tqdm hides the bar when stderr is not a terminal (logs, CI).
-  bar = tqdm(total=epochs * n_steps, desc=desc, disable=None if progress else True, leave=False,
-             dynamic_ncols=True)
+  bar = tqdm(total=epochs * n_steps, initial=min(start, epochs * n_steps), desc=desc,
+             disable=None if progress and primary else True, leave=False, dynamic_ncols=True)
   try:
-    for epoch in range(1, epochs + 1):
+    for epoch in range(start // n_steps + 1, epochs + 1):
+      first = start - (epoch - 1) * n_steps if start > (epoch - 1) * n_steps else 0  # steps already done
+      calls = [(lo, min(lo + steps_per_call, n_steps)) for lo in range(first, n_steps, steps_per_call)]
       perm = jax.random.permutation(jax.random.fold_in(shuffle_key, epoch), n)[:n_steps * batch_size]
-      if resident:  # the epoch's order gathered on the device once; each call slices its stack
-        epoch_data = jax.tree.map(lambda a: stack(a, perm, 0, n_steps), source)
+      if resident:
+        epoch_data = gather_epoch(source, perm)
       else:
         perm = np.asarray(perm)
-      sums: dict[str, float] = {}
+      sums: dict[str, Any] = partial_sums if first else {}
       pending = None  # (global step of the call's first step, device metrics) of the previous call
 
       def consume(item):
-        first, m = item
+        first_step, m = item
         m = jax.device_get(m)
         finite = np.atleast_1d(m["finite"])
         if not finite.all():
@@ -144,8 +189,8 @@ def fit(state: TrainState, train_step: Callable, eval_step: Callable | None, dat
           bad = next((k for k in ("loss", "grad_norm", "update_norm")
                       if k in m_i and not math.isfinite(float(m_i[k]))), "loss")
           raise NonFiniteLossError(
-              f"{desc}: {bad} became {float(m_i[bad])} at step {first + i} (epoch {epoch}); training "
-              f"stopped, the last good state is kept", step=first + i, metric=bad, state=state)
+              f"{desc}: {bad} became {float(m_i[bad])} at step {first_step + i} (epoch {epoch}); training "
+              f"stopped, the last good state is kept", step=first_step + i, metric=bad, state=state)
         for k, v in m.items():
           if k != "finite":
             v = np.asarray(v, np.float64)
@@ -156,8 +201,9 @@ def fit(state: TrainState, train_step: Callable, eval_step: Callable | None, dat
         if resident:
           batch = jax.tree.map(lambda a: a[lo] if steps_per_call == 1 else a[lo:hi], epoch_data)
         else:
-          batch = jax.device_put(jax.tree.map(lambda a: stack(a, perm, lo, hi)[0] if steps_per_call == 1
-                                              else stack(a, perm, lo, hi), source))
+          batch = parallel.host_batch(jax.tree.map(lambda a: stack(a, perm, lo, hi)[0] if steps_per_call == 1
+                                                   else stack(a, perm, lo, hi), source), mesh,
+                                      stacked=steps_per_call > 1)
         state, metrics = train_step(state, teacher_vars, batch)
         current = ((epoch - 1) * n_steps + lo + 1, metrics)
         if pending is not None:
@@ -167,24 +213,41 @@ def fit(state: TrainState, train_step: Callable, eval_step: Callable | None, dat
             bar.set_postfix(epoch=epoch, loss=f"{float(np.mean(m['loss'])):.4f}",
                             acc=f"{float(np.mean(m['accuracy'])):.3f}")
         pending = current
-      consume(pending)
-      bar.update(calls[-1][1] - calls[-1][0])
+        done = (epoch - 1) * n_steps + hi
+        every = checkpointing.every_steps if checkpointing is not None else 0
+        if every and hi < n_steps and done // every > (done - (hi - lo)) // every:
+          consume(pending)  # checked before it is saved: a checkpoint is always a good state
+          bar.update(hi - lo)
+          pending = None
+          save(done, sums)
+      if pending is not None:
+        consume(pending)
+        bar.update(calls[-1][1] - calls[-1][0])
       if evaluate_fn is not None:
         test = evaluate_fn(state, test_x, test_y)
       else:
-        test = evaluate(eval_step, state.params, state.rest, test_x, test_y)
+        test = evaluate(eval_step, state.params, state.rest, eval_x, eval_y, mesh=mesh)
       record = {**(log_fields or {}), "epoch": epoch, "step": epoch * n_steps,
                 **{f"train_{k}": _plain(v / n_steps) for k, v in sums.items()},
                 **{f"test_{k}": v for k, v in test.items()},
-                "wall_s": round(time.perf_counter() - t0, 3)}
+                "wall_s": round(wall_before + time.perf_counter() - t0, 3)}
       history.append(record)
       if log_file:
         log_file.write(json.dumps(record) + "\n")
         log_file.flush()
+      save(epoch * n_steps, {})
       bar.set_postfix(epoch=epoch, loss=f"{record['train_loss']:.4f}", test_acc=f"{test['accuracy']:.4f}")
   finally:
     bar.close()
     if log_file:
       log_file.close()
   test = {k[5:]: v for k, v in history[-1].items() if k.startswith("test_")}
-  return FitResult(state=state, history=history, test=test, wall_s=time.perf_counter() - t0)
+  return FitResult(state=state, history=history, test=test, wall_s=wall_before + time.perf_counter() - t0)
+
+
+def _check_position(meta: dict[str, Any], checkpointing: Checkpointing, **expected) -> None:
+  """A checkpoint resumes only the same data order: same steps per epoch, batch size and seed."""
+  for key, value in expected.items():
+    if meta.get(key) != value:
+      raise ValueError(f"checkpoint in {checkpointing.directory} was written with {key} {meta.get(key)}, but this "
+                       f"run has {key} {value}: it cannot resume it (use another directory)")

@@ -248,12 +248,21 @@ def make_eval_step(graphdef) -> Callable:
   return jax.jit(eval_step)
 
 
-def evaluate(eval_step: Callable, params, rest, images, labels, batch_size: int = 1000) -> dict[str, float]:
-  """Accuracy, error count and mean loss over a whole split, in fixed-size padded batches."""
+def evaluate(eval_step: Callable, params, rest, images, labels, batch_size: int = 1000, *,
+             mesh=None) -> dict[str, float]:
+  """Accuracy, error count and mean loss over a whole split, in fixed-size padded batches; with a
+  ``mesh``, each batch is split over its ``"data"`` axis (the batch size rounded up to a multiple
+  of it) and the counts are reduced over every device."""
+  from kdjax import parallel
   n = len(labels)
+  if mesh is not None:
+    k = parallel.data_size(mesh)
+    batch_size = -(-min(batch_size, n) // k) * k
   correct = jnp.zeros((), jnp.int32)
   loss_sum = jnp.zeros((), jnp.float32)
   for xb, yb, mask in padded_batches(images, labels, batch_size):
+    if mesh is not None and not parallel.trivial(mesh):
+      xb, yb, mask = parallel.host_batch((xb, yb, mask), mesh)
     c, l = eval_step(params, rest, xb, yb, mask)
     correct, loss_sum = correct + c, loss_sum + l
   correct, loss_sum = jax.device_get((correct, loss_sum))
