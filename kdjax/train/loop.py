@@ -149,6 +149,9 @@ def fit(state: TrainState, train_step: Callable, eval_step: Callable | None, dat
       state, meta = restored
       _check_position(meta, checkpointing, n_steps=n_steps, batch_size=batch_size, seed=seed)
       start, history, wall_before = meta["step"], meta["history"], meta["wall_s"]
+      if start > epochs * n_steps:
+        raise ValueError(f"checkpoint in {checkpointing.directory} is at step {start}, past this run's "
+                         f"{epochs * n_steps} steps ({epochs} epochs): it cannot resume it (use another directory)")
       partial_sums = {k: np.asarray(v, np.float64) for k, v in meta["sums"].items()}
       if primary and progress:
         print(f"{desc}: resumed from step {start} ({checkpointing.directory})", flush=True)
