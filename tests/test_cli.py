@@ -73,8 +73,25 @@ def test_cli_idx_dir_without_idx_files(capsys, tmp_path):
   assert "holds no complete IDX dataset" in capsys.readouterr().err
 
 
-def test_cli_runs_the_study_end_to_end(capsys, tmp_path):
-  code = main(["distill", "--no-progress", "--workdir", str(tmp_path), "--seeds", "0",
+def _idx_dir(path, data, n_train):
+  """``data``'s first ``n_train`` training images and its whole test split, written as an MNIST IDX directory."""
+  from kdjax.data import write_idx
+  from kdjax.data.idx import IDX_FILES
+  path.mkdir()
+  arrays = {"train_images": data.train_images[:n_train], "train_labels": data.train_labels[:n_train],
+            "test_images": data.test_images, "test_labels": data.test_labels}
+  for key, name in IDX_FILES.items():
+    a = np.asarray(arrays[key])
+    write_idx(path / name, (a.reshape(a.shape[:3]) if key.endswith("images") else a).astype(np.uint8))
+  return path
+
+
+def test_cli_runs_the_study_end_to_end(mnist, capsys, tmp_path):
+  # The preset's study on half the built-in training set (5,000 images; all 2,000 test images), given
+  # as an IDX directory: `distill` has no --subset. One epoch on it trains the student alone to
+  # 0.87-0.88 test accuracy over seeds 0-4 (0.90 on all 10,000).
+  data_dir = _idx_dir(tmp_path / "mnist_half", mnist, 5000)
+  code = main(["distill", "--no-progress", "--workdir", str(tmp_path), "--seeds", "0", "--data", f"idx:{data_dir}",
                "--set", "teacher.epochs=1", "--set", "student.epochs=1", "--set", "distilled.epochs=1"])
   out = capsys.readouterr().out
   assert code == 0

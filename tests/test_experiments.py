@@ -13,7 +13,9 @@ def _load(name):
 
 
 def test_feature_kd_compares_methods_and_names_the_ones_that_do_not_fit(tmp_path, capsys):
-  _load("feature_kd").main(["--seeds", "0", "--epochs", "1", "--teacher-epochs", "1",
+  # The first 1,000 of the 10,000 training images (8 steps of 128): enough for the supervised row to
+  # learn far above chance, at a fraction of the time.
+  _load("feature_kd").main(["--seeds", "0", "--epochs", "1", "--teacher-epochs", "1", "--subset", "1000",
                             "--methods", "supervised,hinton,at,sp", "--workdir", str(tmp_path)])
   table = (tmp_path / "feature_kd" / "table.md").read_text()
   assert "| `hinton` | Hinton et al. 2015 |" in table and "| `sp` |" in table
@@ -21,7 +23,8 @@ def test_feature_kd_compares_methods_and_names_the_ones_that_do_not_fit(tmp_path
   assert "| `at` | Zagoruyko & Komodakis 2017 (AT) | n/a: attention transfer needs NHWC feature maps" in table
   rows = json.loads((tmp_path / "feature_kd" / "results.json").read_text())["rows"]
   assert len(rows["hinton"]["runs"]) == 1 and rows["at"]["skipped"]
-  assert rows["supervised"]["runs"][0]["accuracy"] > 0.8
+  # one epoch (8 steps) on 1,000 images reaches 0.34-0.47 over seeds 0-5 (0.43 for seed 0); chance is 0.1
+  assert rows["supervised"]["runs"][0]["accuracy"] > 0.3
 
 
 QUICK = ["--seeds", "0", "--epochs", "1", "--teacher-epochs", "1", "--subset", "300"]

@@ -30,6 +30,15 @@ def teacher(data):
   return train_teacher(data, BASE.teacher, progress=False)
 
 
+def share_teacher(monkeypatch, data, teacher):
+  """The teacher ``run_sweep`` trains on ``data`` (BASE's, seed 0) is the module's ``teacher``: same
+  config, data and seed, so the same weights, trained once instead of once per sweep."""
+  def train_teacher(d, cfg, *, seed, **kwargs):
+    assert d is data and cfg == BASE.teacher and seed == 0, (cfg, seed)
+    return teacher
+  monkeypatch.setattr(sweep_run, "train_teacher", train_teacher)
+
+
 def test_grid_expands_drops_keys_a_method_does_not_take_and_groups_scalar_variations():
   runs = expand(parse_grid(["method=supervised,hinton,dkd", "temperature=2,8", "seed=0,1", "method.beta=4,8"], BASE),
                 BASE)
@@ -95,8 +104,9 @@ def test_a_diverging_run_skips_its_steps_and_the_others_train_on(data, teacher):
   assert good["history"][-1]["test_accuracy"] > 0.3  # far above chance (0.1) after 16 steps
 
 
-def test_sweep_resumes_skipping_exactly_the_finished_runs_and_reports(data, monkeypatch, tmp_path):
+def test_sweep_resumes_skipping_exactly_the_finished_runs_and_reports(data, teacher, monkeypatch, tmp_path):
   grid = ["method=supervised,hinton", "temperature=2,8", "seed=0,1"]
+  share_teacher(monkeypatch, data, teacher)
   calls = []
   real = sweep_run.train_group
 
@@ -171,7 +181,9 @@ def test_grid_corner_cases_from_review():
     parse_grid(["temperature=2", "method.temperature=4"], BASE)
 
 
-def test_a_resumed_sweep_with_keys_reordered_trains_nothing_and_reports_the_new_labels(data, tmp_path):
+def test_a_resumed_sweep_with_keys_reordered_trains_nothing_and_reports_the_new_labels(data, teacher, monkeypatch,
+                                                                                     tmp_path):
+  share_teacher(monkeypatch, data, teacher)
   first = run_sweep(BASE, ["distilled.epochs=1", "method=supervised,hinton", "seed=0"], out_dir=tmp_path, data=data,
                     progress=False)
   assert first.trained == 2
