@@ -464,6 +464,7 @@ def _bench_epoch(cfg: _Config, device) -> dict[str, Any]:
                                                                 batch))
 
   compile_s, flops, source, program_bytes = _compile_and_count(cfg, step, (state, teacher_vars, batch), single)
+  from kdjax.parallel import make_mesh
   stamps = [time.perf_counter()]
 
   def stamp(st, test_x, test_y):  # called by fit once per epoch, right after its last step: the epoch clock
@@ -472,7 +473,8 @@ def _bench_epoch(cfg: _Config, device) -> dict[str, Any]:
     return {"accuracy": 0.0, "errors": 0, "loss": 0.0}
 
   fit(state, step, None, data, epochs=epochs, batch_size=cfg.batch, teacher_vars=teacher_vars, seed=cfg.seed,
-      progress=False, evaluate_fn=stamp, steps_per_call=s, resident_bytes=1 << 62)
+      progress=False, evaluate_fn=stamp, steps_per_call=s, resident_bytes=1 << 62,
+      mesh=make_mesh(1, devices=[device]))  # the chosen device alone, as the step rows
   epoch_s = np.diff(stamps).tolist()
   return {"compile_s": compile_s, "first_epoch_s": epoch_s[0], "window_s": epoch_s[cfg.warmup:],
           "images_per_window": n, "flops_per_step": flops, "images_per_step": cfg.batch, "flops_source": source,

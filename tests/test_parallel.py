@@ -74,6 +74,8 @@ def test_a_run_killed_mid_way_resumes_to_the_uninterrupted_result_past_a_damaged
   proc.communicate(timeout=240)
   assert proc.returncode == -9
   assert sorted(p.name for p in ckpt.iterdir()) == ["3", "4", "6"]
+  with pytest.raises(ValueError, match=r"already holds checkpoints \(steps \[3, 4, 6\]\): resume that run"):
+    worker.run(checkpointing=Checkpointing(ckpt, every_steps=3))  # a fresh run never mixes with an old one
   # The disk then damages the newest checkpoint: it must be detected, kept aside, and step 4 used.
   biggest = max((p for p in (ckpt / "6").rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
   size = biggest.stat().st_size
@@ -116,6 +118,9 @@ def test_a_teacher_checkpoint_restores_only_into_its_architecture(small_mnist, t
   for a, b in zip(jax.tree.leaves(teacher.params), jax.tree.leaves(restored.params), strict=True):
     np.testing.assert_array_equal(a, b)
   assert restored.test == teacher.test
+  with pytest.raises(ValueError, match=r"is at step 4 \(batch size 500\), not the end of the run this config "
+                                       r"describes \(8 steps of 500\)"):
+    restore_trained(tmp_path / "teacher", dataclasses.replace(cfg, epochs=2), data)  # an unfinished run
   with pytest.raises(ValueError, match=r"holds model mlp100, num_classes 10, input_shape \[28, 28, 1\], but this "
                                        r"run builds model mlp800"):
     restore_trained(tmp_path / "teacher", dataclasses.replace(cfg, model="mlp800"), data)

@@ -131,9 +131,11 @@ def restore_trained(checkpoint_dir: str | Path, cfg: TrainConfig, data: ArrayDat
     raise FileNotFoundError(f"no complete checkpoint in {checkpoint_dir}")
   state, meta = restored
   history = meta["history"]
-  if not history or meta["step"] != history[-1]["step"]:
-    raise ValueError(f"the newest checkpoint in {checkpoint_dir} is mid-training (step {meta['step']}); finish the "
-                     "run (resume it) before using the model")
+  total = cfg.epochs * steps_per_epoch(len(data.train_labels), cfg.batch_size)
+  if meta["step"] != total or meta.get("batch_size") != cfg.batch_size:
+    raise ValueError(f"the newest checkpoint in {checkpoint_dir} is at step {meta['step']} (batch size "
+                     f"{meta.get('batch_size')}), not the end of the run this config describes ({total} steps of "
+                     f"{cfg.batch_size}); finish that run (resume it) or give its config")
   test = {k[5:]: v for k, v in history[-1].items() if k.startswith("test_")}
   fit_result = FitResult(state=state, history=history, test=test, wall_s=meta["wall_s"])
   return TrainedModel(cfg.model, data.num_classes, data.image_shape, graphdef, state.params, state.rest,

@@ -127,7 +127,7 @@ def save_run(checkpointing: Checkpointing, step: int, state, meta: dict[str, Any
 def read_identity(directory) -> dict[str, Any] | None:
   """The identity stored with the newest checkpoint in ``directory`` (``None`` if none)."""
   import orbax.checkpoint as ocp
-  for step in _steps(directory):
+  for step in checkpoint_steps(directory):
     try:
       return _restore(directory, step, meta=ocp.args.JsonRestore())["meta"]["identity"]
     except Exception:  # noqa: BLE001 - damaged: an older one may do
@@ -135,7 +135,7 @@ def read_identity(directory) -> dict[str, Any] | None:
   return None
 
 
-def _steps(directory) -> list[int]:
+def checkpoint_steps(directory) -> list[int]:
   """The complete checkpoints' steps in ``directory``, newest first."""
   if not Path(directory).exists():
     return []
@@ -156,7 +156,7 @@ def restore_run(checkpointing: Checkpointing, like) -> tuple[Any, dict[str, Any]
   """
   import orbax.checkpoint as ocp
   directory = Path(checkpointing.directory).absolute()
-  steps = _steps(directory)
+  steps = checkpoint_steps(directory)
   abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), _dtype(a)), _storable(like))
   signature = state_signature(like)
   for step in steps:

@@ -16,7 +16,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from kdjax.data.dataset import ArrayDataset
-from kdjax.train.checkpoint import Checkpointing, restore_run, save_run
+from kdjax.train.checkpoint import Checkpointing, checkpoint_steps, restore_run, save_run
 from kdjax.train.state import TrainState
 from kdjax.train.steps import evaluate
 
@@ -79,15 +79,17 @@ def fit(state: TrainState, train_step: Callable, eval_step: Callable | None, dat
   device, and the step augments on the device, so with ``steps_per_call=S`` the host only
   dispatches one call per ``S`` steps (``train_step`` built with the same ``steps_per_call``,
   see :func:`kdjax.train.make_train_step`; an epoch's last ``n mod S`` steps go as one shorter
-  stack, compiled once more; ``S`` at least the steps per epoch runs a whole epoch per call). A
+  stack, compiled once more). The teacher runs on a whole stack at once (``S·B`` images), so ``S``
+  is bounded by the teacher's activation memory; 16 to 64 at batch 64 is the intended range. A
   training set larger than ``resident_bytes`` (default: half the device's memory) streams
   from the host instead, batch stack by batch stack, in the same order, with a warning.
   Metrics of call ``i`` are fetched to the host
   after call ``i + 1`` is dispatched, so the device never waits for the host; each epoch's record
   holds their means (a vector metric, one entry per stacked student, as a list).
   A non-finite loss, gradient or update stops training with :class:`NonFiniteLossError`
-  naming the step; the state it carries is the last good one, and no checkpoint is written
-  after it.
+  naming the step, and no checkpoint is written after it. The state it carries is finite (a bad
+  step leaves the state as it was) but, since metrics are read one call late, may include the
+  steps of one more call; the last checkpoint is the last good state exactly.
 
   Devices: every step runs data-parallel over ``mesh`` (default: :func:`kdjax.parallel.make_mesh`,
   every device; one device is the trivial case): the state and teacher replicated, each batch
@@ -122,12 +124,13 @@ def fit(state: TrainState, train_step: Callable, eval_step: Callable | None, dat
   if teacher_cache is not None:
     source["teacher"] = jax.device_get(teacher_cache)
   nbytes = sum(a.nbytes for a in jax.tree.leaves(source))
-  resident = jax.process_count() == 1 and fits_on_device(nbytes, resident_bytes)
+  # On the device: the set and one epoch gathered from it.
+  resident = jax.process_count() == 1 and fits_on_device(2 * nbytes, resident_bytes)
   if resident:
     source = parallel.replicate(source, mesh)
   elif jax.process_count() == 1:
     warnings.warn(f"{desc}: the training set ({nbytes / 2**20:,.1f} MiB) does not fit the device-resident "
-                  f"pipeline's budget ({(resident_bytes or device_memory_bytes() // 2) / 2**20:,.1f} MiB); "
+                  f"pipeline's budget ({(resident_bytes if resident_bytes is not None else device_memory_bytes() // 2) / 2**20:,.1f} MiB); "
                   f"streaming its batches from the host instead (same order, slower)", stacklevel=2)
   test_x, test_y = parallel.replicate((np.asarray(data.test_images), np.asarray(data.test_labels)), mesh)
   # The default evaluation splits each test batch over the data axis itself, from the host's copy.
@@ -143,11 +146,15 @@ def fit(state: TrainState, train_step: Callable, eval_step: Callable | None, dat
 
   history: list[dict[str, Any]] = []
   start, partial_sums, wall_before = 0, None, 0.0
+  if checkpointing is not None and not checkpointing.resume and checkpoint_steps(checkpointing.directory):
+    raise ValueError(f"{checkpointing.directory} already holds checkpoints (steps "
+                     f"{sorted(checkpoint_steps(checkpointing.directory))}): resume that run (--resume), or use "
+                     "another directory")
   if checkpointing is not None and checkpointing.resume:
     restored = restore_run(checkpointing, state)
     if restored is not None:
       state, meta = restored
-      _check_position(meta, checkpointing, n_steps=n_steps, batch_size=batch_size, seed=seed)
+      _check_position(meta, checkpointing, n_steps=n_steps, batch_size=batch_size, seed=seed, epochs=epochs)
       start, history, wall_before = meta["step"], meta["history"], meta["wall_s"]
       if start > epochs * n_steps:
         raise ValueError(f"checkpoint in {checkpointing.directory} is at step {start}, past this run's "
@@ -165,7 +172,7 @@ def fit(state: TrainState, train_step: Callable, eval_step: Callable | None, dat
       save_run(checkpointing, step_no, state, {
           "step": step_no, "history": history, "sums": {k: np.asarray(v).tolist() for k, v in sums.items()},
           "wall_s": wall_before + time.perf_counter() - t0, "n_steps": n_steps, "batch_size": batch_size,
-          "seed": seed})
+          "seed": seed, "epochs": epochs})
 
   # disable=None: tqdm hides the bar when stderr is not a terminal (logs, CI).
   bar = tqdm(total=epochs * n_steps, initial=min(start, epochs * n_steps), desc=desc,
@@ -176,6 +183,7 @@ def fit(state: TrainState, train_step: Callable, eval_step: Callable | None, dat
       calls = [(lo, min(lo + steps_per_call, n_steps)) for lo in range(first, n_steps, steps_per_call)]
       perm = jax.random.permutation(jax.random.fold_in(shuffle_key, epoch), n)[:n_steps * batch_size]
       if resident:
+        epoch_data = None  # the last epoch's copy goes before the next is gathered
         epoch_data = gather_epoch(source, perm)
       else:
         perm = np.asarray(perm)
@@ -235,10 +243,10 @@ def fit(state: TrainState, train_step: Callable, eval_step: Callable | None, dat
                 **{f"test_{k}": v for k, v in test.items()},
                 "wall_s": round(wall_before + time.perf_counter() - t0, 3)}
       history.append(record)
+      save(epoch * n_steps, {})  # before the log line: a crash between them logs no epoch twice on resume
       if log_file:
         log_file.write(json.dumps(record) + "\n")
         log_file.flush()
-      save(epoch * n_steps, {})
       bar.set_postfix(epoch=epoch, loss=f"{record['train_loss']:.4f}", test_acc=f"{test['accuracy']:.4f}")
   finally:
     bar.close()
@@ -249,7 +257,8 @@ def fit(state: TrainState, train_step: Callable, eval_step: Callable | None, dat
 
 
 def _check_position(meta: dict[str, Any], checkpointing: Checkpointing, **expected) -> None:
-  """A checkpoint resumes only the same data order: same steps per epoch, batch size and seed."""
+  """A checkpoint resumes only the same data order and schedule: same steps per epoch, batch size,
+  seed and epochs (the learning-rate schedule spans them)."""
   for key, value in expected.items():
     if meta.get(key) != value:
       raise ValueError(f"checkpoint in {checkpointing.directory} was written with {key} {meta.get(key)}, but this "

@@ -59,10 +59,10 @@ def _warn_augmented() -> None:
                 "which changes the method; turn augmentation off for an exact cache", stacklevel=3)
 
 
-def teacher_fingerprint(teacher_vars: dict[str, Any], images_uint8) -> str:
-  """A short hash of the teacher's variables and the images: a cache on disk is reused only for
-  the same teacher on the same data."""
-  h = hashlib.sha1()
+def teacher_fingerprint(teacher_vars: dict[str, Any], images_uint8, precision: str = "fp32") -> str:
+  """A short hash of the teacher's variables, the images and the precision: a cache on disk is
+  reused only for the same teacher on the same data at the same precision."""
+  h = hashlib.sha1(precision.encode())
   for leaf in jax.tree.leaves(teacher_vars):
     h.update(np.asarray(leaf).tobytes())
   images = np.asarray(images_uint8)
@@ -99,7 +99,7 @@ def cached_teacher_outputs(graphdef, teacher_vars, images_uint8, *, path: str | 
   the same teacher and images is there, else computed and saved."""
   if path is None:
     return cache_teacher_outputs(graphdef, teacher_vars, images_uint8, **kwargs)
-  fingerprint = teacher_fingerprint(teacher_vars, images_uint8)
+  fingerprint = teacher_fingerprint(teacher_vars, images_uint8, kwargs.get("precision", "fp32"))
   path = Path(path)
   if path.exists():
     with np.load(path) as f:
@@ -110,5 +110,6 @@ def cached_teacher_outputs(graphdef, teacher_vars, images_uint8, *, path: str | 
         _warn_augmented()
       return load_teacher_cache(path, fingerprint)
   cache = cache_teacher_outputs(graphdef, teacher_vars, images_uint8, **kwargs)
-  save_teacher_cache(path, cache, fingerprint)
+  if jax.process_index() == 0:  # every process computed the same cache; one writes it
+    save_teacher_cache(path, cache, fingerprint)
   return cache
