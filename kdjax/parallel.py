@@ -72,15 +72,16 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
     return jax.device_put(tree, sharding)
 
   def put(a):
-    a = np.asarray(jax.device_get(a)) if not _is_key(a) else a
-    if _is_key(a):
+    a = np.asarray(jax.device_get(a)) if not is_key(a) else a
+    if is_key(a):
       return jax.random.wrap_key_data(put(jax.random.key_data(a)), impl=jax.random.key_impl(a))
     return jax.make_array_from_callback(a.shape, sharding, lambda idx: a[idx])
 
   return jax.tree.map(put, tree)
 
 
-def _is_key(a) -> bool:
+def is_key(a) -> bool:
+  """Whether ``a`` is an array of typed PRNG keys (stored and placed as their raw key data)."""
   return jax.dtypes.issubdtype(getattr(a, "dtype", None), jax.dtypes.prng_key)
 
 

@@ -25,12 +25,14 @@ from typing import Any
 import jax
 import numpy as np
 
+from kdjax.parallel import is_key
+
 
 def _flat(tree) -> dict[str, np.ndarray]:
   leaves, _ = jax.tree_util.tree_flatten_with_path(tree)
   out = {}
   for path, leaf in leaves:
-    if jax.dtypes.issubdtype(getattr(leaf, "dtype", None), jax.dtypes.prng_key):
+    if is_key(leaf):
       leaf = jax.random.key_data(leaf)
     out[jax.tree_util.keystr(path)] = np.asarray(leaf)
   return out
@@ -93,11 +95,7 @@ def _manager(directory, keep: int):
 
 def _storable(state):
   """PRNG keys as their raw ``uint32`` data (what Orbax stores)."""
-  return jax.tree.map(lambda a: jax.random.key_data(a) if _is_key(a) else a, state)
-
-
-def _is_key(a) -> bool:
-  return jax.dtypes.issubdtype(getattr(a, "dtype", None), jax.dtypes.prng_key)
+  return jax.tree.map(lambda a: jax.random.key_data(a) if is_key(a) else a, state)
 
 
 def _dtype(a):
@@ -176,7 +174,7 @@ def restore_run(checkpointing: Checkpointing, like) -> tuple[Any, dict[str, Any]
                     f"{str(e).splitlines()[0][:200] if str(e) else ''}); moved to {aside}, trying the previous one",
                     stacklevel=2)
       continue
-    state = jax.tree.map(lambda a, ref: jax.random.wrap_key_data(a, impl=jax.random.key_impl(ref)) if _is_key(ref)
+    state = jax.tree.map(lambda a, ref: jax.random.wrap_key_data(a, impl=jax.random.key_impl(ref)) if is_key(ref)
                          else a, state, like)
     return state, meta
   return None

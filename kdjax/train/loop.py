@@ -122,7 +122,7 @@ def fit(state: TrainState, train_step: Callable, eval_step: Callable | None, dat
   source = {"image": np.asarray(data.train_images), "label": np.asarray(data.train_labels),
             "index": np.arange(n, dtype=np.int32)}
   if teacher_cache is not None:
-    source["teacher"] = jax.device_get(teacher_cache)
+    source["teacher"] = teacher_cache  # already on the device (or on the host) as it was made
   nbytes = sum(a.nbytes for a in jax.tree.leaves(source))
   # On the device: the set and one epoch gathered from it.
   resident = jax.process_count() == 1 and fits_on_device(2 * nbytes, resident_bytes)
