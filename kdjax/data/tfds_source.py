@@ -29,10 +29,9 @@ def _read_split(source) -> tuple[np.ndarray, np.ndarray]:
   return images, labels
 
 
-def load_tfds(name: str, data_dir: str | os.PathLike | None = None, *, download: bool = False) -> ArrayDataset:
-  """Reads TFDS dataset ``name`` (train and test splits) into host memory."""
-  if name not in SUPPORTED:
-    raise ValueError(f"unsupported TFDS dataset {name!r}; kdjax reads {', '.join(SUPPORTED)}")
+def open_tfds(name: str, data_dir: str | os.PathLike | None = None, *, download: bool = False):
+  """``(train, test, info)`` of TFDS dataset ``name``: random-access sources of both splits and
+  the dataset's info, or a clear error where it is not prepared and downloads are off."""
   import tensorflow_datasets as tfds  # optional at import time of kdjax
 
   data_dir = Path(data_dir).expanduser() if data_dir else _default_data_dir()
@@ -51,9 +50,17 @@ def load_tfds(name: str, data_dir: str | os.PathLike | None = None, *, download:
         f"--file_format=array_record --data_dir {data_dir}), or ask kdjax to download it "
         f"(--download). TFDS said: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
     ) from e
-  num_classes = tfds.builder(name, data_dir=str(data_dir)).info.features["label"].num_classes
+  return train, test, tfds.builder(name, data_dir=str(data_dir)).info
+
+
+def load_tfds(name: str, data_dir: str | os.PathLike | None = None, *, download: bool = False) -> ArrayDataset:
+  """Reads TFDS image dataset ``name`` (train and test splits) into host memory."""
+  if name not in SUPPORTED:
+    raise ValueError(f"unsupported TFDS dataset {name!r}; kdjax reads {', '.join(SUPPORTED)} "
+                     "(and imdb_reviews as text: kdjax.data.text)")
+  train, test, info = open_tfds(name, data_dir, download=download)
   train_images, train_labels = _read_split(train)
   test_images, test_labels = _read_split(test)
   return ArrayDataset(name=name, train_images=train_images, train_labels=train_labels,
-                      test_images=test_images, test_labels=test_labels, num_classes=int(num_classes))
-
+                      test_images=test_images, test_labels=test_labels,
+                      num_classes=int(info.features["label"].num_classes))

@@ -10,6 +10,7 @@ from kdjax.losses.contrastive import (
     info_nce_loss,
     queue_info_nce_loss,
 )
+from kdjax.losses.domain import coral_loss, mmd2
 from kdjax.losses.feature import (
     activation_boundary_loss,
     adaptive_avg_pool,
@@ -58,6 +59,7 @@ __all__ = [
     "adaptive_avg_pool",
     "attention_map",
     "attention_transfer_loss",
+    "coral_loss",
     "correlation_congruence_loss",
     "factor_transfer_loss",
     "fsp_loss",
@@ -65,6 +67,7 @@ __all__ = [
     "ft_factor",
     "hint_loss",
     "l2_normalize",
+    "mmd2",
     "nst_loss",
     "pkt_loss",
     "rkd_loss",

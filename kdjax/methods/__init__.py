@@ -12,6 +12,8 @@ from kdjax.methods.base import Method, as_method, call_method, init_method, pick
 from kdjax.methods.combine import combine
 from kdjax.methods.contrastive import METHODS as _CONTRASTIVE
 from kdjax.methods.contrastive import crd, crd_inbatch, crd_queue
+from kdjax.methods.domain import METHODS as _DOMAIN
+from kdjax.methods.domain import domain_kd, grad_reverse
 from kdjax.methods.feature import METHODS as _FEATURE
 from kdjax.methods.feature import (activation_boundary, attention, correlation_congruence, factor_transfer,
                                    fitnet, fsp, nst, pkt, rkd, similarity_preserving, vid)
@@ -23,7 +25,7 @@ from kdjax.methods.review import reviewkd
 from kdjax.methods.self_kd import METHODS as _SELF_KD
 from kdjax.methods.self_kd import byot, tf_kd
 
-_METHODS = {**_LOGIT, **_FEATURE, **_CONTRASTIVE, **_REVIEW, **_SELF_KD}
+_METHODS = {**_LOGIT, **_FEATURE, **_CONTRASTIVE, **_REVIEW, **_SELF_KD, **_DOMAIN}
 
 
 # Where each method comes from, in a few words (the README's method table has the titles).
@@ -38,6 +40,7 @@ PAPERS = {
     "crd": "Tian et al. 2020 (CRD, memory bank)", "crd_queue": "CRD with a MoCo-style queue",
     "crd_inbatch": "CRD with in-batch negatives", "reviewkd": "Chen et al. 2021 (ReviewKD)",
     "tf_kd": "Yuan et al. 2020 (Tf-KD, virtual teacher)", "byot": "Zhang et al. 2019 (BYOT, self-distillation)",
+    "domain_kd": "KD + alignment to an unlabelled domain (DAN MMD, Deep CORAL, DANN)",
 }
 
 
@@ -58,3 +61,4 @@ __all__ = ["PAPERS", "Method", "activation_boundary", "as_method", "attention", 
 __all__ += ["crd", "crd_inbatch", "crd_queue", "reviewkd"]
 __all__ += ["multi_teacher_kd", "per_teacher", "teacher_weights"]
 __all__ += ["byot", "tf_kd"]
+__all__ += ["domain_kd", "grad_reverse"]

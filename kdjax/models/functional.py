@@ -50,7 +50,8 @@ def apply_model(graphdef, params, rest, x: jax.Array, *, train: bool, rngs: jax.
   model = nnx.merge(graphdef, params, rest, copy=True)  # never mutates the caller's ``rest``, even outside jit
   if dtype is not None:
     _set_compute_dtype(model, dtype)
-    x = x.astype(dtype)
+    if jnp.issubdtype(x.dtype, jnp.floating):  # images; token ids stay integers
+      x = x.astype(dtype)
   logits, feats = model(x, train=train, rngs=rngs)
   _, _, new_rest = nnx.split(model, nnx.Param, ...)
   if dtype is not None:
@@ -58,9 +59,16 @@ def apply_model(graphdef, params, rest, x: jax.Array, *, train: bool, rngs: jax.
   return logits, feats, new_rest
 
 
+def input_dtype(input_shape):
+  """What a model's input holds: ``int32`` token ids for a sequence shape ``(L,)``, ``float32``
+  pixels for an image shape ``(H, W, C)``."""
+  return jnp.int32 if len(tuple(input_shape)) == 1 else jnp.float32
+
+
 def feature_shapes(graphdef, params, rest, input_shape, batch_size: int = 2) -> dict[str, jax.ShapeDtypeStruct]:
-  """Shapes of the named features for images of ``input_shape``, without data or FLOPs
-  (``jax.eval_shape``): what a method needs to size its connectors at init."""
-  x = jax.ShapeDtypeStruct((batch_size, *input_shape), jax.numpy.float32)
+  """Shapes of the named features for inputs of ``input_shape`` (images ``(H, W, C)`` or token
+  sequences ``(L,)``), without data or FLOPs (``jax.eval_shape``): what a method needs to size
+  its connectors at init."""
+  x = jax.ShapeDtypeStruct((batch_size, *input_shape), input_dtype(input_shape))
   _, feats, _ = jax.eval_shape(lambda p, r, x: apply_model(graphdef, p, r, x, train=False), params, rest, x)
   return feats

@@ -15,26 +15,37 @@ from flax import nnx
 from kdjax.models import cifar, resnet
 from kdjax.models.cnn import SmallCNN
 from kdjax.models.mlp import MLP
+from kdjax.models.text import RecurrentClassifier, TransformerClassifier
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelSpec:
   name: str
   build: Callable[..., nnx.Module]  # build(input_shape, num_classes, rngs=..., **options) -> module
-  input_shape: tuple[int, ...]  # the image shape (H, W, C) the model is designed for
+  # The input shape the model is designed for: an image (H, W, C), or a token sequence (L,).
+  input_shape: tuple[int, ...]
   description: str
-  family: str  # "mlp", "cnn", "resnet", "wrn", "vgg", "mobilenet", "shufflenet", "resnet_imagenet"
-  # None: the model takes images of ``input_shape`` only. An int: the model is fully
+  # "mlp", "cnn", "resnet", "wrn", "vgg", "mobilenet", "shufflenet", "resnet_imagenet", "text"
+  family: str
+  # Images only. None: the model takes images of ``input_shape`` only. An int: the model is fully
   # convolutional with global pooling and takes any (H, W, C) whose H and W it divides.
   total_stride: int | None = None
+  # "image": float pixels (H, W, C). "text": int32 token ids (L,), right-padded with
+  # ``text.PAD_ID``, of any length L >= 1 (``input_shape`` is only the designed length).
+  inputs: str = "image"
 
 
+INPUT_KINDS = ("image", "text")
 _REGISTRY: dict[str, ModelSpec] = {}
 
 
 def register_model(spec: ModelSpec) -> None:
   if spec.name in _REGISTRY:
     raise ValueError(f"model {spec.name!r} is already registered")
+  if spec.inputs not in INPUT_KINDS:
+    raise ValueError(f"model {spec.name!r}: inputs must be one of {', '.join(INPUT_KINDS)}, got {spec.inputs!r}")
+  if spec.inputs == "text" and (len(spec.input_shape) != 1 or spec.total_stride is not None):
+    raise ValueError(f"text model {spec.name!r} needs input_shape (L,) and no total_stride")
   _REGISTRY[spec.name] = spec
 
 
@@ -49,19 +60,40 @@ def get_model_spec(name: str) -> ModelSpec:
     raise ValueError(f"unknown model {name!r}; known models: {', '.join(model_names())}") from None
 
 
+def _options(spec: ModelSpec) -> dict[str, inspect.Parameter]:
+  params = inspect.signature(spec.build).parameters
+  return {k: p for k, p in params.items() if k not in ("input_shape", "num_classes", "rngs")}
+
+
 def check_model_options(name: str, options: dict) -> None:
   """Fails if model ``name`` has no such option (e.g. ``input_dropout_rate`` on a CNN)."""
   spec = get_model_spec(name)
-  accepted = set(inspect.signature(spec.build).parameters) - {"input_shape", "num_classes", "rngs"}
+  accepted = set(_options(spec))
   unknown = sorted(set(options) - accepted)
   if unknown:
     raise ValueError(f"model {name!r} has no option {', '.join(unknown)}; it takes: "
                      f"{', '.join(sorted(accepted)) or 'none'}")
 
 
+def _describe(input_shape: tuple[int, ...]) -> str:
+  if len(input_shape) == 1:
+    return f"token sequences of length {input_shape[0]}"
+  if len(input_shape) == 3:
+    return f"images of shape {input_shape}"
+  return f"inputs of shape {input_shape}"
+
+
 def check_input_shape(spec: ModelSpec, input_shape: Sequence[int]) -> None:
-  """Fails unless model ``spec`` can take images of ``input_shape`` (H, W, C)."""
+  """Fails unless model ``spec`` can take inputs of ``input_shape``: images (H, W, C) for an image
+  model, token sequences (L,) with L >= 1 for a text model."""
   input_shape = tuple(int(d) for d in input_shape)
+  if spec.inputs == "text":
+    if len(input_shape) != 1 or input_shape[0] < 1:
+      raise ValueError(f"model {spec.name!r} reads token sequences of shape (L,) with L >= 1, "
+                       f"but the data has {_describe(input_shape)}")
+    return
+  if len(input_shape) == 1:
+    raise ValueError(f"model {spec.name!r} reads images (H, W, C), but the data has {_describe(input_shape)}")
   if spec.total_stride is None:
     if input_shape != spec.input_shape:
       raise ValueError(
@@ -77,14 +109,16 @@ def check_input_shape(spec: ModelSpec, input_shape: Sequence[int]) -> None:
 
 def create_model(name: str, *, num_classes: int, input_shape: Sequence[int], seed: int = 0,
                  **options) -> nnx.Module:
-  """Builds registered model ``name`` for images of ``input_shape`` (H, W, C).
+  """Builds registered model ``name`` for inputs of ``input_shape``: images (H, W, C) or token
+  sequences (L,).
 
   MLPs and the small CNNs take only their designed ``spec.input_shape``; the
   fully convolutional zoo (``spec.total_stride`` set) takes any channel count and
-  any H, W that are multiples of its total stride.
+  any H, W that are multiples of its total stride; text models take any length L >= 1.
 
   ``options`` override the model's defaults (e.g. ``dropout_rate=0.2``); an
-  option the model does not have is an error.
+  option the model does not have is an error, and so is a missing required one
+  (a text model's ``vocab_size``).
   """
   spec = get_model_spec(name)
   input_shape = tuple(int(d) for d in input_shape)
@@ -92,6 +126,10 @@ def create_model(name: str, *, num_classes: int, input_shape: Sequence[int], see
   if num_classes < 2:
     raise ValueError(f"num_classes must be at least 2, got {num_classes}")
   check_model_options(name, options)
+  missing = [k for k, p in _options(spec).items() if p.default is inspect.Parameter.empty and k not in options]
+  if missing:
+    raise ValueError(f"model {name!r} needs the option {', '.join(missing)}"
+                     + (" (the tokenizer's vocabulary size, padding included)" if missing == ["vocab_size"] else ""))
   return spec.build(input_shape, num_classes, rngs=nnx.Rngs(params=seed), **options)
 
 
@@ -216,3 +254,36 @@ for _name, _fn in (("resnet18", resnet.resnet18), ("resnet34", resnet.resnet34),
       _name, _imagenet_resnet(_fn), (224, 224, 3),
       f"He et al. 2016 ImageNet {_name.replace('resnet', 'ResNet-')} (torchvision): 7x7/2 stem, 3x3/2 max-pool, "
       "4 stages", family="resnet_imagenet", total_stride=resnet.TOTAL_STRIDE))
+
+
+# Text classifiers (kdjax/models/text.py): int32 token ids (L,), right-padded with PAD_ID, any L >= 1.
+_TEXT = (64,)
+
+
+def _bilstm(input_shape, num_classes, *, rngs, vocab_size, embed_dim=128, hidden=128, dropout_rate=0.3):
+  return RecurrentClassifier(vocab_size, num_classes, embed_dim=embed_dim, hidden=hidden, cell="lstm",
+                             bidirectional=True, dropout_rate=dropout_rate, rngs=rngs)
+
+
+def _gru_small(input_shape, num_classes, *, rngs, vocab_size, embed_dim=64, hidden=64, dropout_rate=0.0):
+  return RecurrentClassifier(vocab_size, num_classes, embed_dim=embed_dim, hidden=hidden, cell="gru",
+                             bidirectional=False, dropout_rate=dropout_rate, rngs=rngs)
+
+
+def _transformer_small(input_shape, num_classes, *, rngs, vocab_size, embed_dim=64, mlp_dim=128, num_heads=4,
+                       depth=2, dropout_rate=0.1):
+  return TransformerClassifier(vocab_size, num_classes, embed_dim=embed_dim, num_heads=num_heads, mlp_dim=mlp_dim,
+                               depth=depth, dropout_rate=dropout_rate, rngs=rngs)
+
+
+register_model(ModelSpec(
+    "bilstm", _bilstm, _TEXT,
+    "text teacher: embedding 128, bidirectional LSTM 2x128, masked mean pool, dropout 0.3",
+    family="text", inputs="text"))
+register_model(ModelSpec(
+    "gru_small", _gru_small, _TEXT,
+    "text student: embedding 64, GRU 64, masked mean pool, no dropout", family="text", inputs="text"))
+register_model(ModelSpec(
+    "transformer_small", _transformer_small, _TEXT,
+    "text encoder: embedding 64 + sinusoidal positions, 2 pre-LN blocks (4 heads, MLP 128, GELU), "
+    "dropout 0.1, masked mean pool", family="text", inputs="text"))

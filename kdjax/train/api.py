@@ -33,6 +33,7 @@ class TrainedModel:
   fit: FitResult
   method_params: Any = None  # the distillation method's learnable parts after training, if any
   ema: Any = None  # a mean-teacher run's moving average of the student, {"params", "rest"}
+  vocabulary: str | None = None  # text models: the fingerprint of the vocabulary its token ids index
 
   @property
   def variables(self) -> dict[str, Any]:
@@ -63,7 +64,7 @@ def _initial_state(data: ArrayDataset, cfg: TrainConfig, method: Method, *, seed
   """``(graphdef, tx, state)`` of a run before its first step: the model from
   ``seed``, the optimizer and its state, the method's parts sized from the feature shapes."""
   model = create_model(cfg.model, num_classes=data.num_classes, input_shape=data.image_shape, seed=seed,
-                       **cfg.model_options())
+                       **model_options(cfg, data))
   graphdef, params, rest = split_model(model)
   per_epoch = steps_per_epoch(len(data.train_labels), cfg.batch_size)
   tx = make_optimizer(cfg.optimizer, learning_rate=cfg.learning_rate, total_steps=cfg.epochs * per_epoch,
@@ -78,9 +79,22 @@ def _initial_state(data: ArrayDataset, cfg: TrainConfig, method: Method, *, seed
   return graphdef, tx, state
 
 
+def model_options(cfg: TrainConfig, data: ArrayDataset) -> dict[str, Any]:
+  """The config's model options, and the vocabulary size for a text model on text data."""
+  options = cfg.model_options()
+  if data.is_text:
+    options["vocab_size"] = len(data.vocab)
+  return options
+
+
 def _identity(cfg: TrainConfig, data: ArrayDataset) -> dict[str, Any]:
-  """What a checkpoint of this run must have been made by: the model, its classes and input."""
-  return {"model": cfg.model, "num_classes": data.num_classes, "input_shape": list(data.image_shape)}
+  """What a checkpoint of this run must have been made by: the model, its classes and input (and
+  for text, the vocabulary: the same ids must mean the same words)."""
+  identity = {"model": cfg.model, "num_classes": data.num_classes, "input_shape": list(data.image_shape)}
+  if data.is_text:
+    from kdjax.data.text import vocab_fingerprint
+    identity["vocabulary"] = vocab_fingerprint(data.vocab)
+  return identity
 
 
 def _train(data: ArrayDataset, cfg: TrainConfig, method: Method, *, seed: int, desc: str,
@@ -88,13 +102,15 @@ def _train(data: ArrayDataset, cfg: TrainConfig, method: Method, *, seed: int, d
            log_fields: dict[str, Any] | None = None, progress: bool = True,
            checkpoint_dir: str | Path | None = None, checkpoint_every: int = 0, resume: bool = False,
            mesh=None) -> TrainedModel:
-  t_graphdef, t_vars, t_shapes = _teacher_args(teacher, data.image_shape)
+  t_graphdef, t_vars, t_shapes = _teacher_args(teacher, teacher_input_shape(data))
   # The train step checks the method against its teachers before anything is initialized.
   check_teacher_cache(cfg.teacher_cache)
   cached = cfg.teacher_cache != "off"
   if cached and (isinstance(t_graphdef, dict) or t_graphdef is None):
     raise ValueError("teacher_cache caches one fixed teacher's outputs: give one teacher (not several, not the "
                      "student's moving average, not none)")
+  if cached and data.unlabelled_images is not None:
+    raise ValueError("teacher_cache covers the training images only, not unlabelled_images: turn it off")
   graphdef, tx, state = _initial_state(data, cfg, method, seed=seed, teacher_shapes=t_shapes,
                                        ema=ema_decay is not None)
   train_step = make_train_step(graphdef, tx, method, jitter_pixels=cfg.jitter, hflip=cfg.hflip,
@@ -103,18 +119,21 @@ def _train(data: ArrayDataset, cfg: TrainConfig, method: Method, *, seed: int, d
   teacher_cache = None
   if cached:  # offline KD: the teacher's outputs on the training images, once
     teacher_cache = cached_teacher_outputs(
-        t_graphdef, t_vars, data.train_images, path=None if cfg.teacher_cache == "device" else cfg.teacher_cache,
+        t_graphdef, t_vars, teacher_images(data), path=None if cfg.teacher_cache == "device" else cfg.teacher_cache,
         features=cfg.cache_features, precision=cfg.precision, augmented=bool(cfg.jitter or cfg.hflip))
     t_vars = None
   checkpointing = None if checkpoint_dir is None else Checkpointing(
       checkpoint_dir, every_steps=checkpoint_every, resume=resume, identity=_identity(cfg, data))
+  if checkpoint_dir is not None and data.is_text and jax.process_index() == 0:
+    from kdjax.data.text import save_vocab
+    save_vocab(Path(checkpoint_dir) / "vocab.json", data.vocab)  # the ids' words, beside the weights
   result = fit(state, train_step, make_eval_step(graphdef), data, epochs=cfg.epochs,
                batch_size=cfg.batch_size, teacher_vars=t_vars, seed=seed, desc=desc, log_path=log_path,
                log_fields=log_fields, progress=progress, steps_per_call=cfg.steps_per_call,
                teacher_cache=teacher_cache, mesh=mesh, checkpointing=checkpointing)
   return TrainedModel(cfg.model, data.num_classes, data.image_shape, graphdef,
                       result.state.params, result.state.rest, result, result.state.method_params,
-                      result.state.ema)
+                      result.state.ema, _identity(cfg, data).get("vocabulary"))
 
 
 def restore_trained(checkpoint_dir: str | Path, cfg: TrainConfig, data: ArrayDataset, *,
@@ -126,6 +145,9 @@ def restore_trained(checkpoint_dir: str | Path, cfg: TrainConfig, data: ArrayDat
   (default: cross-entropy)."""
   method = supervised() if method is None else method
   graphdef, _, like = _initial_state(data, cfg, method, seed=0, teacher_shapes={})
+  if data.is_text:
+    from kdjax.data.text import check_saved_vocab
+    check_saved_vocab(Path(checkpoint_dir) / "vocab.json", data.vocab)
   restored = restore_run(Checkpointing(checkpoint_dir, identity=_identity(cfg, data)), like)
   if restored is None:
     raise FileNotFoundError(f"no complete checkpoint in {checkpoint_dir}")
@@ -139,7 +161,7 @@ def restore_trained(checkpoint_dir: str | Path, cfg: TrainConfig, data: ArrayDat
   test = {k[5:]: v for k, v in history[-1].items() if k.startswith("test_")}
   fit_result = FitResult(state=state, history=history, test=test, wall_s=meta["wall_s"])
   return TrainedModel(cfg.model, data.num_classes, data.image_shape, graphdef, state.params, state.rest,
-                      fit_result, state.method_params, state.ema)
+                      fit_result, state.method_params, state.ema, _identity(cfg, data).get("vocabulary"))
 
 
 def train_teacher(data: ArrayDataset, cfg: TrainConfig, *, seed: int = 0, **kwargs) -> TrainedModel:
@@ -159,15 +181,31 @@ def train_student(data: ArrayDataset, cfg: TrainConfig, *, seed: int = 0, method
   return _train(data, cfg, supervised() if method is None else method, seed=seed, **kwargs)
 
 
+def teacher_images(data: ArrayDataset):
+  """What the teacher sees of the training examples: ``data.teacher_train_images`` where the data
+  has them (cross-modal distillation), else the training images."""
+  return data.train_images if data.teacher_train_images is None else data.teacher_train_images
+
+
+def teacher_input_shape(data: ArrayDataset) -> tuple[int, ...]:
+  return tuple(teacher_images(data).shape[1:])
+
+
 def check_teacher(teacher: TrainedModel, data: ArrayDataset, name: str = "teacher") -> None:
-  """The teacher must predict the data's classes from images of the data's shape."""
+  """The teacher must predict the data's classes from inputs of the shape it will be shown."""
   if teacher.num_classes != data.num_classes:
     raise ValueError(
         f"teacher and student have different class counts: the {name} ({teacher.model}) predicts "
         f"{teacher.num_classes} classes, the student is built for {data.num_classes} ({data.name})")
-  if tuple(teacher.input_shape) != tuple(data.image_shape):
-    raise ValueError(f"the {name} ({teacher.model}) takes images of shape {teacher.input_shape}, "
-                     f"but {data.name} has images of shape {data.image_shape}")
+  vocabulary = _identity(TrainConfig(model=teacher.model), data).get("vocabulary")
+  if teacher.vocabulary != vocabulary:
+    raise ValueError(f"the {name} ({teacher.model}) reads token ids of vocabulary {teacher.vocabulary}, but "
+                     f"{data.name}'s ids index vocabulary {vocabulary}: build the student's data with the "
+                     "teacher's vocabulary (kdjax.data.text.load_vocab)")
+  shape = teacher_input_shape(data)
+  if tuple(teacher.input_shape) != shape:
+    raise ValueError(f"the {name} ({teacher.model}) takes inputs of shape {teacher.input_shape}, "
+                     f"but {data.name} would show it inputs of shape {shape}")
 
 
 def distill(data: ArrayDataset, cfg: TrainConfig, teacher: TrainedModel | dict[str, TrainedModel], *,

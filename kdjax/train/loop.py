@@ -123,11 +123,15 @@ def fit(state: TrainState, train_step: Callable, eval_step: Callable | None, dat
             "index": np.arange(n, dtype=np.int32)}
   if teacher_cache is not None:
     source["teacher"] = teacher_cache  # already on the device (or on the host) as it was made
-  nbytes = sum(a.nbytes for a in jax.tree.leaves(source))
+  if data.teacher_train_images is not None:
+    source["teacher_image"] = np.asarray(data.teacher_train_images)
+  # Unlabelled images are paired with the batches afresh each epoch, by their own permutation.
+  unlabelled = None if data.unlabelled_images is None else {"unlabelled": np.asarray(data.unlabelled_images)}
+  nbytes = sum(a.nbytes for a in jax.tree.leaves((source, unlabelled)))
   # On the device: the set and one epoch gathered from it.
   resident = jax.process_count() == 1 and fits_on_device(2 * nbytes, resident_bytes)
   if resident:
-    source = parallel.replicate(source, mesh)
+    source, unlabelled = parallel.replicate((source, unlabelled), mesh)
   elif jax.process_count() == 1:
     warnings.warn(f"{desc}: the training set ({nbytes / 2**20:,.1f} MiB) does not fit the device-resident "
                   f"pipeline's budget ({(resident_bytes if resident_bytes is not None else device_memory_bytes() // 2) / 2**20:,.1f} MiB); "
@@ -165,6 +169,7 @@ def fit(state: TrainState, train_step: Callable, eval_step: Callable | None, dat
   state = parallel.replicate(state, mesh)
   log_file = open(log_path, "a") if log_path and primary else None
   shuffle_key = jax.random.key(seed)
+  unlabelled_key = jax.random.fold_in(shuffle_key, 2**31 - 1)  # a stream apart from the epochs' shuffles
   t0 = time.perf_counter()
 
   def save(step_no, sums):
@@ -182,11 +187,18 @@ def fit(state: TrainState, train_step: Callable, eval_step: Callable | None, dat
       first = start - (epoch - 1) * n_steps if start > (epoch - 1) * n_steps else 0  # steps already done
       calls = [(lo, min(lo + steps_per_call, n_steps)) for lo in range(first, n_steps, steps_per_call)]
       perm = jax.random.permutation(jax.random.fold_in(shuffle_key, epoch), n)[:n_steps * batch_size]
+      if unlabelled is not None:  # as many as the epoch's batches take, cycling through a permutation
+        m = len(data.unlabelled_images)
+        perm_u = jax.random.permutation(jax.random.fold_in(unlabelled_key, epoch), m)
+        perm_u = perm_u[np.arange(n_steps * batch_size) % m]
       if resident:
         epoch_data = None  # the last epoch's copy goes before the next is gathered
         epoch_data = gather_epoch(source, perm)
+        if unlabelled is not None:
+          epoch_data = {**epoch_data, **gather_epoch(unlabelled, perm_u)}
       else:
         perm = np.asarray(perm)
+        perm_u = None if unlabelled is None else np.asarray(perm_u)
       sums: dict[str, Any] = partial_sums if first else {}
       pending = None  # (global step of the call's first step, device metrics) of the previous call
 
@@ -212,9 +224,11 @@ def fit(state: TrainState, train_step: Callable, eval_step: Callable | None, dat
         if resident:
           batch = jax.tree.map(lambda a: a[lo] if steps_per_call == 1 else a[lo:hi], epoch_data)
         else:
-          batch = parallel.host_batch(jax.tree.map(lambda a: stack(a, perm, lo, hi)[0] if steps_per_call == 1
-                                                   else stack(a, perm, lo, hi), source), mesh,
-                                      stacked=steps_per_call > 1)
+          def host_stack(src, order):
+            return jax.tree.map(lambda a: stack(a, order, lo, hi)[0] if steps_per_call == 1
+                                else stack(a, order, lo, hi), src)
+          parts = {**host_stack(source, perm), **(host_stack(unlabelled, perm_u) if unlabelled is not None else {})}
+          batch = parallel.host_batch(parts, mesh, stacked=steps_per_call > 1)
         state, metrics = train_step(state, teacher_vars, batch)
         current = ((epoch - 1) * n_steps + lo + 1, metrics)
         if pending is not None:

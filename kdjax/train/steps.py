@@ -28,8 +28,8 @@ def teacher_variables(params, rest) -> dict[str, Any]:
 
 
 def update_student(graphdef, tx: optax.GradientTransformation, method: Method, state: TrainState, teacher, x,
-                   batch, *, rng, k_drop, k_method, lr_scale=None, ema_update=None, dtype=None
-                   ) -> tuple[TrainState, dict]:
+                   batch, *, rng, k_drop, k_method, lr_scale=None, ema_update=None, dtype=None,
+                   x_u=None, teacher_u=None) -> tuple[TrainState, dict]:
   """One optimizer step of the student and the method's own parts on the augmented images ``x``,
   given the teacher's outputs: the body every train step shares (:func:`make_train_step`, and
   the sweep's vmapped step, which runs it once per student).
@@ -40,13 +40,24 @@ def update_student(graphdef, tx: optax.GradientTransformation, method: Method, s
   non-finite loss, gradient or update keeps the old state (step and key still advance),
   ``finite = False``. ``dtype`` is the student's compute dtype (mixed precision, see
   :func:`kdjax.models.functional.apply_model`).
+
+  ``x_u`` are unlabelled images (another domain's, see ``ArrayDataset.unlabelled_images``): the
+  student runs on ``x`` and ``x_u`` as one batch (batch statistics over both), and the method
+  finds its outputs on them in ``batch["unlabelled_student"]`` and the teacher's (``teacher_u``)
+  in ``batch["unlabelled_teacher"]``; loss, accuracy and the method's main inputs stay ``x``'s.
   """
+  b = x.shape[0]
 
   def loss_fn(trainable):
-    logits, feats, new_rest = apply_model(graphdef, trainable["student"], state.rest, x, train=True, rngs=k_drop,
-                                          dtype=dtype)
+    inputs = x if x_u is None else jnp.concatenate([x, x_u])
+    logits, feats, new_rest = apply_model(graphdef, trainable["student"], state.rest, inputs, train=True,
+                                          rngs=k_drop, dtype=dtype)
+    extra = {}
+    if x_u is not None:
+      extra = {"unlabelled_student": jax.tree.map(lambda a: a[b:], (logits, feats)), "unlabelled_teacher": teacher_u}
+      logits, feats = jax.tree.map(lambda a: a[:b], (logits, feats))
     loss_B, terms, method_state = call_method(method, logits, feats, teacher,
-                                              {**batch, "step": state.step, "key": k_method},
+                                              {**batch, **extra, "step": state.step, "key": k_method},
                                               trainable["method"], state.method_state)
     return jnp.mean(loss_B), (logits, terms, new_rest, jax.lax.stop_gradient(method_state))
 
@@ -118,7 +129,10 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, method: Method, 
 
   Returns ``step(state, teacher_vars, batch) -> (state, metrics)``, jitted with
   the state donated; ``batch`` holds ``"image"``, ``"label"`` and, for methods with a memory bank,
-  ``"index"`` (the examples' positions in the training set).
+  ``"index"`` (the examples' positions in the training set); optionally ``"unlabelled"`` (images
+  with no labels, e.g. of a target domain: the student and teacher also run on them, see
+  :func:`update_student`) and ``"teacher_image"`` (what the teacher sees of each example instead
+  of ``"image"``: cross-modal distillation).
   """
   dtype = compute_dtype(precision)
   if not isinstance(steps_per_call, int) or steps_per_call < 1:
@@ -166,24 +180,43 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, method: Method, 
   def split_keys(rng):  # the next state's key, then augmentation, dropout and the method's keys
     return jax.random.split(rng, 4)
 
-  def update(state, teacher, x, batch, rng, k_drop, k_method):
+  def update(state, teacher, x, batch, rng, k_drop, k_method, x_u=None, teacher_u=None):
+    batch = {k: v for k, v in batch.items() if k not in ("unlabelled", "teacher_image")}
     return update_student(graphdef, tx, method, state, teacher, x, batch, rng=rng, k_drop=k_drop,
                           k_method=k_method, ema_update=ema_update if ema_decay is not None else None,
-                          dtype=dtype)
+                          dtype=dtype, x_u=x_u, teacher_u=teacher_u)
+
+  def views(k_aug, batch):
+    """The student's augmented images, the teacher's (its own images of the same examples where
+    the batch has them; a mean teacher's own draw) and the unlabelled ones (or None)."""
+    x = augment(k_aug, batch["image"], jitter_pixels, hflip)
+    if "teacher_image" in batch:  # the same draws: the same crop and flip of each example
+      x_t = augment(k_aug, batch["teacher_image"], jitter_pixels, hflip)
+    elif ema_decay is not None:  # mean teacher's consistency: the average sees its own draw
+      x_t = augment(jax.random.fold_in(k_aug, 1), batch["image"], jitter_pixels, hflip)
+    else:
+      x_t = x
+    x_u = (augment(jax.random.fold_in(k_aug, 2), batch["unlabelled"], jitter_pixels, hflip)
+           if "unlabelled" in batch else None)
+    return x, x_t, x_u
+
+  def teacher_on(teacher_vars, x_t, x_u):
+    """The teacher's outputs on ``x_t`` and on ``x_u`` (None without), in one call."""
+    if x_u is None:
+      return run_teacher(teacher_vars, x_t), None
+    both = run_teacher(teacher_vars, jnp.concatenate([x_t, x_u]))
+    b = x_t.shape[0]
+    return jax.tree.map(lambda a: a[:b], both), jax.tree.map(lambda a: a[b:], both)
 
   def step(state: TrainState, teacher_vars, batch):
     rng, k_aug, k_drop, k_method = split_keys(state.rng)
-    x = augment(k_aug, batch["image"], jitter_pixels, hflip)
+    x, x_t, x_u = views(k_aug, batch)
+    teacher = teacher_u = None
     if cached_teacher:
       teacher = (batch["teacher"]["logits"], batch["teacher"]["feats"])
-    elif ema_decay is not None:
-      # Mean teacher's consistency: the average sees its own augmentation draw of the batch.
-      teacher = run_teacher(state.ema, augment(jax.random.fold_in(k_aug, 1), batch["image"], jitter_pixels, hflip))
     elif teacher_graphdef is not None:
-      teacher = run_teacher(teacher_vars, x)
-    else:
-      teacher = None
-    return update(state, teacher, x, batch, rng, k_drop, k_method)
+      teacher, teacher_u = teacher_on(state.ema if ema_decay is not None else teacher_vars, x_t, x_u)
+    return update(state, teacher, x, batch, rng, k_drop, k_method, x_u, teacher_u)
 
   def one_step(state: TrainState, teacher_vars, batch):
     if batch["label"].ndim != 1:
@@ -220,16 +253,18 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, method: Method, 
       return keys[0], keys
 
     _, keys = jax.lax.scan(chain, state.rng, None, length=s)
-    x = jax.vmap(lambda k, im: augment(k, im, jitter_pixels, hflip))(keys[:, 1], batches["image"])
+    x, x_t, x_u = jax.vmap(views)(keys[:, 1], batches)
     # The teacher's work for the whole stack as one large batch, before the student's steps.
-    teacher = run_teacher(teacher_vars, x.reshape(s * b, *x.shape[2:]))
-    teacher = jax.tree.map(lambda a: a.reshape(s, b, *a.shape[1:]), teacher)
+    flat = lambda a: None if a is None else a.reshape(-1, *a.shape[2:])  # noqa: E731
+    teacher, teacher_u = teacher_on(teacher_vars, flat(x_t), flat(x_u))
+    teacher, teacher_u = jax.tree.map(lambda a: a.reshape(s, -1, *a.shape[1:]), (teacher, teacher_u))
 
     def body(st, inp):
-      teacher_i, x_i, batch_i, k = inp
-      return update(st, teacher_i, x_i, batch_i, k[0], k[2], k[3])
+      teacher_i, teacher_u_i, x_i, x_u_i, batch_i, k = inp
+      return update(st, teacher_i, x_i, batch_i, k[0], k[2], k[3], x_u_i, teacher_u_i)
 
-    (state, _), metrics = jax.lax.scan(guarded(body), (state, jnp.array(True)), (teacher, x, batches, keys))
+    (state, _), metrics = jax.lax.scan(guarded(body), (state, jnp.array(True)),
+                                       (teacher, teacher_u, x, x_u, batches, keys))
     return state, metrics
 
   return jax.jit(one_step if steps_per_call == 1 else stacked_steps, donate_argnums=0)
