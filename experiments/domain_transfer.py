@@ -43,7 +43,7 @@ from kdjax.config import to_dict
 from kdjax.data.domains import cross_modal_pair, domain_pair
 from kdjax.methods import make_method
 from kdjax.study import add_experiment_args, environment, experiment_config, experiment_data, mean_pm, select, write_results
-from kdjax.train import distill, evaluate, make_eval_step, train_student, train_teacher
+from kdjax.train import NonFiniteLossError, distill, evaluate, make_eval_step, train_student, train_teacher
 
 ROWS = {
     "source_only": "student on the source labels alone",
@@ -100,26 +100,43 @@ def main(argv: list[str] | None = None) -> None:
         f"errors, {teacher.fit.wall_s:.0f} s", flush=True)
 
   source_only = dataclasses.replace(transfer, unlabelled_images=None)  # the target test set, no target images
+
+  def train_row(row, seed):
+    if row == "source_only":
+      return train_student(source_only, cfg.distilled, seed=seed, progress=False)
+    if row == "kd":
+      return distill(source_only, cfg.distilled, teacher, seed=seed, progress=False, **kd)
+    if row == "view_alone":
+      return train_student(dataclasses.replace(view_data, teacher_train_images=None), cfg.distilled, seed=seed,
+                           progress=False)
+    if row == "view_kd":
+      return distill(view_data, cfg.distilled, teacher, seed=seed, progress=False, **kd)
+    return distill(transfer, cfg.distilled, teacher, method=methods[row], seed=seed, progress=False)
+
   results: dict[str, list[dict]] = {}
+  diverged: dict[str, str] = {}
   for row in rows:
     for seed in seeds:
-      if row == "source_only":
-        r = train_student(source_only, cfg.distilled, seed=seed, progress=False)
-      elif row == "kd":
-        r = distill(source_only, cfg.distilled, teacher, seed=seed, progress=False, **kd)
-      elif row == "view_alone":
-        r = train_student(dataclasses.replace(view_data, teacher_train_images=None), cfg.distilled, seed=seed,
-                          progress=False)
-      elif row == "view_kd":
-        r = distill(view_data, cfg.distilled, teacher, seed=seed, progress=False, **kd)
-      else:
-        r = distill(transfer, cfg.distilled, teacher, method=methods[row], seed=seed, progress=False)
+      try:
+        r = train_row(row, seed)
+      except NonFiniteLossError as e:  # kept in the table, not hidden
+        diverged[row] = f"diverged, seed {seed}: {e.metric} not finite at step {e.step}"
+        print(f"{row:12s} seed {seed}: {diverged[row]}", flush=True)
+        break
       src = None if row in CROSS_MODAL else evaluate(make_eval_step(r.graphdef), r.params, r.rest,
                                                      source.test_images, source.test_labels)
       results.setdefault(row, []).append({"seed": seed, **r.test, "source": src, "wall_s": r.fit.wall_s})
       print(f"{row:12s} seed {seed}: {r.test['errors']} test errors"
             + (f" (source {src['errors']})" if src else "") + f", {r.fit.wall_s:.1f} s", flush=True)
 
+  def line(row, *columns):
+    if row in diverged:
+      return f"| `{row}` | {ROWS[row]} | n/a: {diverged[row]} |" + " |" * (len(columns) - 1)
+    return f"| `{row}` | {ROWS[row]} | " + " | ".join(mean_pm([c(r) for r in results[row]], f)
+                                                       for c, f in columns) + " |"
+
+  errors, accuracy = (lambda r: r["errors"], ".1f"), (lambda r: 100 * r["accuracy"], ".2f")
+  source_accuracy, wall = (lambda r: 100 * r["source"]["accuracy"], ".2f"), (lambda r: r["wall_s"], ".1f")
   n_test = len(transfer.test_labels)
   lines = [f"{transfer.name}: {len(source.train_labels)} labelled source / {len(transfer.unlabelled_images)} unlabelled "
            f"target training images, {n_test} target test images; teacher {cfg.teacher.model}, student "
@@ -130,28 +147,19 @@ def main(argv: list[str] | None = None) -> None:
            "|---|---|---|---|---|---|",
            f"| teacher | {cfg.teacher.model} trained on the source | {teacher_target['errors']} | "
            f"{100 * teacher_target['accuracy']:.2f} | {100 * teacher.test['accuracy']:.2f} | {teacher.fit.wall_s:.1f} |"]
-  for row in rows:
-    if row in CROSS_MODAL:
-      continue
-    rs = results[row]
-    lines.append(f"| `{row}` | {ROWS[row]} | {mean_pm([r['errors'] for r in rs])} | "
-                 f"{mean_pm([100 * r['accuracy'] for r in rs], '.2f')} | "
-                 f"{mean_pm([100 * r['source']['accuracy'] for r in rs], '.2f')} | {mean_pm([r['wall_s'] for r in rs])} |")
+  lines += [line(row, errors, accuracy, source_accuracy, wall) for row in rows if row not in CROSS_MODAL]
   if any(row in CROSS_MODAL for row in rows):
     lines += ["", f"Cross-modal: the student sees `{args.view}` of each image ({source.name}, {n_test} test images); "
               f"the teacher sees the full image (its errors on the view: {teacher_view['errors']}).", "",
               "| row | what | test errors (view) | test accuracy (%) | wall s / run |", "|---|---|---|---|---|",
               f"| teacher | {cfg.teacher.model}, full images | {teacher.test['errors']} | "
               f"{100 * teacher.test['accuracy']:.2f} | {teacher.fit.wall_s:.1f} |"]
-    for row in rows:
-      if row in CROSS_MODAL:
-        rs = results[row]
-        lines.append(f"| `{row}` | {ROWS[row]} | {mean_pm([r['errors'] for r in rs])} | "
-                     f"{mean_pm([100 * r['accuracy'] for r in rs], '.2f')} | {mean_pm([r['wall_s'] for r in rs])} |")
+    lines += [line(row, errors, accuracy, wall) for row in rows if row in CROSS_MODAL]
   lines += ["", f"mean ± sample std over seeds; total wall time {time.perf_counter() - t0:.0f} s"]
   write_results(out, "\n".join(lines), {
       "args": vars(args), "config": to_dict(cfg), "environment": environment(),
-      "teacher": {"source": teacher.test, "target": teacher_target, "view": teacher_view}, "rows": results})
+      "teacher": {"source": teacher.test, "target": teacher_target, "view": teacher_view}, "rows": results,
+      "diverged": diverged})
 
 
 if __name__ == "__main__":

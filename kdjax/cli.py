@@ -24,7 +24,7 @@ def _parser() -> argparse.ArgumentParser:
   d = sub.add_parser("distill", help="teacher, student alone and distilled student, over seeds")
   d.add_argument("--config", default="hinton_mnist", choices=sorted(PRESETS),
                  help="the study to run (default: hinton_mnist, Hinton et al. 2015 on the built-in subset)")
-  d.add_argument("--data", help="dataset: builtin, idx:PATH or tfds:NAME (overrides the config)")
+  d.add_argument("--data", help="dataset: builtin, idx:PATH or tfds:NAME; text: negation, rotten_tomatoes, tfds:imdb_reviews (overrides the config)")
   d.add_argument("--download", action="store_true", help="let TFDS download a missing dataset")
   d.add_argument("--seeds", help="comma-separated seeds, e.g. 0,1,2")
   d.add_argument("--workdir", help="where metrics.jsonl, results.json and table.md go (default: runs)")
@@ -58,7 +58,7 @@ def _parser() -> argparse.ArgumentParser:
                       "distilled.learning_rate (repeatable)")
   w.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                  help="override a preset field for every run, e.g. --set distilled.epochs=5")
-  w.add_argument("--data", help="dataset: builtin, idx:PATH or tfds:NAME (overrides the config)")
+  w.add_argument("--data", help="dataset: builtin, idx:PATH or tfds:NAME; text: negation, rotten_tomatoes, tfds:imdb_reviews (overrides the config)")
   w.add_argument("--subset", type=int, metavar="N", help="train on the first N training images only")
   w.add_argument("--max-parallel", type=int, metavar="K", help="at most K students in memory at once (default: a whole group)")
   w.add_argument("--baseline", help="the variant to compare against (default: method=supervised if in the grid)")

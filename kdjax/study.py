@@ -151,7 +151,7 @@ def add_experiment_args(parser, default_config: str = "hinton_mnist") -> None:
   from kdjax.presets import PRESETS
   parser.add_argument("--config", default=default_config, choices=sorted(PRESETS),
                       help="the study preset whose teacher, student and data to use")
-  parser.add_argument("--data", help="dataset instead of the preset's: builtin, idx:DIR or tfds:NAME")
+  parser.add_argument("--data", help="dataset instead of the preset's: builtin, idx:DIR, tfds:NAME; text: negation, rotten_tomatoes, tfds:imdb_reviews")
   parser.add_argument("--seeds", help="comma-separated seeds (default: the preset's)")
   parser.add_argument("--epochs", type=int, help="student epochs (default: the preset's)")
   parser.add_argument("--teacher-epochs", type=int, help="teacher epochs (default: the preset's)")

@@ -75,3 +75,41 @@ def test_compare_variants_writes_a_report_with_both_accuracies(tmp_path, capsys)
   assert "| method=dkd temperature=4 method.warmup_steps=2 | 2 |" in report
   assert (tmp_path / "compare_variants" / "accuracy_vs_temperature.png").stat().st_size > 5000
   assert "6 runs trained, 0 found finished" in capsys.readouterr().out  # (1 + 2 variants) x 2 seeds
+
+
+def test_text_distill_trains_saves_restores_and_distils(tmp_path):
+  _load("text_distill").main([*QUICK, "--rows", "kd_transformer", "--workdir", str(tmp_path)])
+  out = tmp_path / "text_distill"
+  table = (out / "table.md").read_text()
+  assert "| teacher | bilstm |" in table and "| second teacher | transformer_small |" in table
+  assert "| student distilled from the Transformer | gru_small |" in table
+  assert (out / "teacher" / "vocab.json").exists()  # the vocabulary beside the teacher's checkpoint
+  rows = json.loads((out / "results.json").read_text())["rows"]
+  assert set(rows) == {"kd_transformer"} and 0 <= rows["kd_transformer"][0]["accuracy"] <= 1
+
+
+def test_domain_transfer_aligns_and_distils_across_views(tmp_path):
+  _load("domain_transfer").main([*QUICK, "--subset", "400", "--rows", "source_only,kd_mmd,view_kd",
+                                 "--workdir", str(tmp_path)])
+  table = (tmp_path / "domain_transfer" / "table.md").read_text()
+  assert "mnist_subset[:400] -> rotate:45: 200 labelled source / 200 unlabelled target" in table
+  assert "| `kd_mmd` | KD + target soft labels + MMD alignment |" in table and "| `view_kd` |" in table
+  results = json.loads((tmp_path / "domain_transfer" / "results.json").read_text())
+  assert results["rows"]["kd_mmd"][0]["source"]["accuracy"] > 0.1 and not results["diverged"]
+
+
+def test_domain_transfer_names_a_target_of_another_shape_before_training(tmp_path):
+  import numpy as np
+  import pytest
+
+  from kdjax.data import write_idx
+  rng = np.random.default_rng(0)
+  for stem, shape in (("train-images-idx3-ubyte", (20, 32, 32)), ("t10k-images-idx3-ubyte", (10, 32, 32))):
+    write_idx(tmp_path / stem, rng.integers(0, 256, shape, dtype=np.uint8))
+  for stem, n in (("train-labels-idx1-ubyte", 20), ("t10k-labels-idx1-ubyte", 10)):
+    write_idx(tmp_path / stem, (np.arange(n) % 10).astype(np.uint8))
+  with pytest.raises(SystemExit, match=r"target domain .* has images of shape \(32, 32, 1\), but the source "
+                                       r"'mnist_subset\[:300\]' \(and so the teacher and student\) \(28, 28, 1\)"):
+    _load("domain_transfer").main([*QUICK, "--target", f"idx:{tmp_path}", "--workdir", str(tmp_path / "w")])
+  with pytest.raises(SystemExit, match="unknown dataset 'blur:3'"):
+    _load("domain_transfer").main([*QUICK, "--target", "blur:3", "--workdir", str(tmp_path / "w")])

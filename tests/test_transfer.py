@@ -14,7 +14,7 @@ from kdjax.data.augment import to_float
 from kdjax.data.dataset import ArrayDataset
 from kdjax.data.domains import cross_modal_pair, domain_pair, transform_images
 from kdjax.data.text import negation_task
-from kdjax.methods import as_method, hinton_kd
+from kdjax.methods import as_method
 from kdjax.models import apply_model, create_model, split_model
 from kdjax.train import distill, fit, init_train_state, make_optimizer, make_train_step, restore_trained, train_teacher
 
@@ -132,7 +132,7 @@ def negation():
 
 
 def test_text_teacher_distils_saves_its_vocabulary_and_refuses_another(negation, tmp_path):
-  cfg = TrainConfig(model="bilstm", epochs=1, batch_size=64, optimizer="adam", learning_rate=3e-3)
+  cfg = TrainConfig(model="gru_small", epochs=1, batch_size=64, optimizer="adam", learning_rate=3e-3)
   teacher = train_teacher(negation, cfg, progress=False, checkpoint_dir=tmp_path / "t")
   assert (tmp_path / "t" / "vocab.json").exists()
   restored = restore_trained(tmp_path / "t", cfg, negation)
@@ -149,3 +149,13 @@ def test_text_teacher_distils_saves_its_vocabulary_and_refuses_another(negation,
     train_teacher(negation, dataclasses.replace(cfg, jitter=2), progress=False)
   with pytest.raises(ValueError, match=r"model 'mlp800' reads images .* token sequences of length 40"):
     train_teacher(negation, dataclasses.replace(cfg, model="mlp800"), progress=False)
+
+
+def test_sweeps_and_online_cohorts_refuse_data_they_cannot_read_yet(negation, tmp_path):
+  from kdjax.presets import PRESETS
+  from kdjax.sweep import run_sweep
+  from kdjax.train import train_online
+  with pytest.raises(ValueError, match="sweeps take labelled images only, but dataset 'negation' has text"):
+    run_sweep(PRESETS["text_negation"], ["temperature=2,4"], out_dir=tmp_path, data=negation, progress=False)
+  with pytest.raises(ValueError, match="online cohorts take labelled images only, but dataset 'negation' has text"):
+    train_online(negation, TrainConfig(model="gru_small"), progress=False)

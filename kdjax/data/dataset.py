@@ -74,6 +74,15 @@ class ArrayDataset:
       if self.unlabelled_images is not None:
         raise ValueError(f"dataset {self.name!r}: give unlabelled_images or teacher_train_images, not both")
 
+  def require_plain_images(self, what: str) -> None:
+    """Fails unless this is plain labelled images: ``what`` (e.g. "sweeps") reads no text, no
+    unlabelled images and no teacher view yet."""
+    extras = [name for name, on in (("text", self.is_text), ("unlabelled_images", self.unlabelled_images is not None),
+                                     ("teacher_train_images", self.teacher_train_images is not None)) if on]
+    if extras:
+      raise ValueError(f"{what} take labelled images only, but dataset {self.name!r} has {', '.join(extras)}: "
+                       "use kdjax.train.distill / train_student for it")
+
   def summary(self) -> str:
     what = f"sequences of length {self.image_shape[0]}, vocabulary {len(self.vocab)}" if self.is_text else \
         f"images of shape {self.image_shape}"

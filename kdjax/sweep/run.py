@@ -84,6 +84,7 @@ def run_sweep(base: StudyConfig, grid_items: list[str], *, out_dir: str | Path, 
     baseline = next((v for v in variants if "method=supervised" in v.split()), variants[0])
   if data is None:  # a given dataset is used as it is; `subset` then only records how it was cut
     data = subset_data(load_dataset(base.dataset, tfds_data_dir=base.tfds_data_dir, download=base.download), subset)
+  data.require_plain_images("sweeps")  # before any teacher trains
   for cfg in dict.fromkeys(r.cfg for r in runs):  # every teacher and student of the grid takes this data
     check_models_fit_data(cfg, data)
   out_dir = Path(out_dir)

@@ -128,6 +128,7 @@ def train_group(data: ArrayDataset, runs: Sequence[Run], teacher: TrainedModel |
   result per run, in order: ``{"history": [per-epoch dicts], "wall_s", "skipped_steps"}``, where
   ``wall_s`` is the group's wall time divided by its size (each run's share)."""
   check_group(runs)
+  data.require_plain_images("sweeps")
   first = runs[0]
   cfg = first.cfg.distilled
   k_students = len(runs)

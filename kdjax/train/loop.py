@@ -97,6 +97,11 @@ def fit(state: TrainState, train_step: Callable, eval_step: Callable | None, dat
   processes each feeds only its own rows of every batch (streamed from the host), and only
   process 0 logs and shows progress.
 
+  Extras of ``data`` travel with the batches: ``teacher_train_images`` row for row (as
+  ``batch["teacher_image"]``), and ``unlabelled_images`` as ``batch["unlabelled"]``, ``batch_size``
+  of them per step, drawn by their own permutation each epoch (cycling when there are fewer
+  than an epoch takes); see :func:`kdjax.train.make_train_step`.
+
   ``checkpointing`` (:class:`kdjax.train.checkpoint.Checkpointing`) writes Orbax checkpoints of
   the state with the loop's position and history every ``every_steps`` steps and at the end of
   every epoch; with ``resume`` the run continues from the newest complete one (the same seed gives

@@ -292,6 +292,7 @@ def train_online(data: ArrayDataset, cfg: TrainConfig, *, num_students: int = 2,
   augmentation and dropout, as in :func:`kdjax.train.train_student`.
   """
   check_online(num_students, rule, distill_weight, temperature, burn_in_steps)
+  data.require_plain_images("online cohorts")
   graphdef, params, rest = create_students(cfg.model, num_classes=data.num_classes, input_shape=data.image_shape,
                                            seeds=student_seeds(seed, num_students), **cfg.model_options())
   per_epoch = steps_per_epoch(len(data.train_labels), cfg.batch_size)
