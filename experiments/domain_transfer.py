@@ -67,7 +67,8 @@ def main(argv: list[str] | None = None) -> None:
   p.add_argument("--view", default="lowres:4", help="the cross-modal rows' student view (a transform)")
   p.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated rows: {', '.join(ROWS)}")
   p.add_argument("--align-weight", type=float, default=1.0, help="weight of the alignment term")
-  p.add_argument("--target-kd-weight", type=float, default=1.0, help="weight of the target soft-label term")
+  p.add_argument("--target-kd-weight", type=float, default=0.5,
+                 help="weight of the target soft-label term (default 0.5: 1 - alpha, as the source soft term)")
   args = p.parse_args(argv)
   rows = select(args.rows, ROWS)
   cfg = experiment_config(args, "domain_transfer")

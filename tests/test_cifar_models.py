@@ -280,7 +280,10 @@ SMALLEST = [("resnet8", 8), ("wrn_16_2", 8), ("vgg8", 16), ("mobilenetv2", 16), 
             ("resnet18", 32)]
 
 
-@pytest.mark.parametrize("name,side", SMALLEST)
+# The MobileNet and ShuffleNets compile for 4 to 5 s each on 2 cores: in the slow set
+# (`pytest -m slow`); their parameter counts and shapes stay in the default run.
+@pytest.mark.parametrize("name,side", [pytest.param(n, s, marks=[pytest.mark.slow] if n.startswith(("shuffle", "mobile"))
+                                                    else []) for n, s in SMALLEST])
 def test_real_forward_and_batch_statistics(name, side):
   x = jax.random.normal(jax.random.key(0), (4, side, side, 3))
   graphdef, params, rest = _materialise(name, (side, side, 3))

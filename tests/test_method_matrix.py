@@ -66,7 +66,13 @@ def _setup(family, abstract: bool, teacher_model=None):
   return names, data, graphdef, state, step, {"params": t_params, "rest": t_rest}
 
 
-@pytest.mark.parametrize("family,teacher", [(f, None) for f in sorted(SMALLEST)] + [("resnet", "resnet20")])
+# Tracing every method on the two heaviest families takes 10 s each on 2 cores: they join their
+# one-epoch runs in the slow set (`pytest -m slow`).
+HEAVY = {"mobilenet", "shufflenet"}
+
+
+@pytest.mark.parametrize("family,teacher", [pytest.param(f, None, marks=[pytest.mark.slow] if f in HEAVY else [])
+                                            for f in sorted(SMALLEST)] + [("resnet", "resnet20")])
 def test_every_method_fits_every_family(family, teacher):
   """The whole step (both models, every method, gradients, optimizer) traced on shapes only;
   also for a deeper teacher of the same family (the resnet_mnist preset's pair)."""
@@ -82,7 +88,7 @@ def test_every_method_fits_every_family(family, teacher):
 # The real one-epoch runs: CI runs the MLP (every method that takes vectors); the families
 # with feature maps compile for 10-60 s each on a 2-core CPU (the CIFAR ResNet's one step, every
 # method at once, takes 10 s of its 15), so they carry the ``slow`` mark (run them with
-# ``pytest -m slow``); their shapes are checked above on every run, and every map method trains
+# ``pytest -m slow``); their shapes are checked above (on every run but for the two HEAVY families), and every map method trains
 # for real on the CNN pair in test_methods.py, test_feature_methods_more.py and
 # test_contrastive_review.py.
 @pytest.mark.parametrize("family", [f if f == "mlp" else pytest.param(f, marks=pytest.mark.slow)

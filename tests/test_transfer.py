@@ -137,9 +137,6 @@ def test_text_teacher_distils_saves_its_vocabulary_and_refuses_another(negation,
   assert (tmp_path / "t" / "vocab.json").exists()
   restored = restore_trained(tmp_path / "t", cfg, negation)
   assert restored.test == teacher.test
-  student = distill(negation, dataclasses.replace(cfg, model="gru_small", steps_per_call=4), restored,
-                    alpha=0.5, temperature=4.0, progress=False)
-  assert np.isfinite(student.fit.history[-1]["train_loss"]) and 0 < student.fit.history[-1]["train_teacher_agreement"]
   other = negation_task(512, 128, seed=0, vocab=("<pad>", "<unk>", *reversed(negation.vocab[2:])))
   with pytest.raises(ValueError, match=r"does not match the one saved with the model"):
     restore_trained(tmp_path / "t", cfg, other)

@@ -133,7 +133,8 @@ def validate_split(name: str, split: str, images: np.ndarray, labels: np.ndarray
     if images.ndim != 4:
       raise ValueError(f"{where}: images must have shape [N, H, W, C], got {images.shape}")
   if labels.ndim != 1 or len(labels) != len(images):
-    raise ValueError(f"{where}: {len(images)} examples but labels of shape {labels.shape}")
+    raise ValueError(f"{where}: {len(images)} {'sequences' if vocab is not None else 'images'} but labels of "
+                     f"shape {labels.shape}")
   if len(labels) == 0:
     raise ValueError(f"{where} is empty")
   if not np.issubdtype(labels.dtype, np.integer):
