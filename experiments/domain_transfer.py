@@ -67,8 +67,8 @@ def main(argv: list[str] | None = None) -> None:
   p.add_argument("--view", default="lowres:4", help="the cross-modal rows' student view (a transform)")
   p.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated rows: {', '.join(ROWS)}")
   p.add_argument("--align-weight", type=float, default=1.0, help="weight of the alignment term")
-  p.add_argument("--target-kd-weight", type=float, default=0.5,
-                 help="weight of the target soft-label term (default 0.5: 1 - alpha, as the source soft term)")
+  p.add_argument("--target-kd-weight", type=float,
+                 help="weight of the target soft-label term (default 1 - alpha, the source soft term's)")
   args = p.parse_args(argv)
   rows = select(args.rows, ROWS)
   cfg = experiment_config(args, "domain_transfer")
@@ -79,6 +79,8 @@ def main(argv: list[str] | None = None) -> None:
   except ValueError as e:
     raise SystemExit(f"domain_transfer: {e}") from None
   kd = dict(alpha=cfg.alpha, temperature=cfg.temperature)
+  if args.target_kd_weight is None:
+    args.target_kd_weight = 1.0 - cfg.alpha
   methods = {
       "kd_target": dict(align="none", target_kd_weight=args.target_kd_weight),
       "kd_mmd": dict(align="mmd", align_weight=args.align_weight, target_kd_weight=args.target_kd_weight),
@@ -150,7 +152,8 @@ def main(argv: list[str] | None = None) -> None:
            f"{100 * teacher_target['accuracy']:.2f} | {100 * teacher.test['accuracy']:.2f} | {teacher.fit.wall_s:.1f} |"]
   lines += [line(row, errors, accuracy, source_accuracy, wall) for row in rows if row not in CROSS_MODAL]
   if any(row in CROSS_MODAL for row in rows):
-    lines += ["", f"Cross-modal: the student sees `{args.view}` of each image ({source.name}, {n_test} test images); "
+    lines += ["", f"Cross-modal: the student sees `{args.view}` of each image ({source.name}, "
+              f"{len(view_data.test_labels)} test images); "
               f"the teacher sees the full image (its errors on the view: {teacher_view['errors']}).", "",
               "| row | what | test errors (view) | test accuracy (%) | wall s / run |", "|---|---|---|---|---|",
               f"| teacher | {cfg.teacher.model}, full images | {teacher.test['errors']} | "

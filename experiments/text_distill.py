@@ -6,15 +6,15 @@ small Transformer encoder as a second teacher, against the GRU trained alone.
     python experiments/text_distill.py --data tfds:imdb_reviews  # a prepared TFDS imdb_reviews
 
 The vocabulary is built from the training split; the LSTM teacher is checkpointed with it
-(``WORKDIR/text_distill/teacher/``: the Orbax checkpoint and ``vocab.json``), restored from there
-before it teaches (its test errors must come back the same), and a restore with another vocabulary
-is refused.
+(``WORKDIR/text_distill/teachers/DATA_MODEL_seedS/``: the Orbax checkpoint and ``vocab.json``),
+restored from there before it teaches (the restored weights must make the same test errors), and a
+restore with another vocabulary is refused. A finished teacher there is restored, not trained again.
 
 Rows (students: the preset's distilled config; α, T the preset's):
 
 - ``teacher``: the preset's teacher (``bilstm``), seed 0;
 - ``transformer``: ``transformer_small`` trained on the labels, seed 0, the second teacher;
-- ``alone``: the student (``gru_small``) on the labels;
+- ``alone``: the student (the preset's distilled config, ``gru_small``) on the labels;
 - ``kd_lstm``: the student distilled from the LSTM;
 - ``kd_transformer``: the student distilled from the Transformer.
 
@@ -25,13 +25,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
 import time
 from pathlib import Path
 
 from kdjax.config import to_dict
 from kdjax.models import get_model_spec
 from kdjax.study import add_experiment_args, environment, experiment_config, experiment_data, mean_pm, select, write_results
-from kdjax.train import distill, restore_trained, train_student, train_teacher
+from kdjax.train import distill, evaluate, make_eval_step, restore_trained, train_student, train_teacher
 
 ROWS = {"alone": "labels only", "kd_lstm": "distilled from the LSTM teacher",
         "kd_transformer": "distilled from the Transformer"}
@@ -62,12 +63,14 @@ def main(argv: list[str] | None = None) -> None:
   t0 = time.perf_counter()
   print(data.summary(), flush=True)
 
-  ckpt = out / "teacher"
+  slug = re.sub(r"[^A-Za-z0-9.-]+", "_", data.name).strip("_")  # negation[:300] -> negation_300
+  ckpt = out / "teachers" / f"{slug}_{cfg.teacher.model}_seed{seeds[0]}"
   trained = train_teacher(data, cfg.teacher, seed=seeds[0], progress=False, checkpoint_dir=ckpt,
                           resume=True)  # a finished teacher in WORKDIR is restored, not trained again
   teacher = restore_trained(ckpt, cfg.teacher, data)  # the weights and vocabulary as saved
-  if teacher.test["errors"] != trained.test["errors"]:
-    raise RuntimeError(f"the restored teacher has {teacher.test['errors']} test errors, {trained.test['errors']} "
+  again = evaluate(make_eval_step(teacher.graphdef), teacher.params, teacher.rest, data.test_images, data.test_labels)
+  if again["errors"] != trained.test["errors"]:
+    raise RuntimeError(f"the restored teacher makes {again['errors']} test errors, {trained.test['errors']} "
                        "when trained")
   print(f"teacher {cfg.teacher.model}: {teacher.test['errors']} test errors, saved with its vocabulary in {ckpt}",
         flush=True)
@@ -80,7 +83,7 @@ def main(argv: list[str] | None = None) -> None:
   for row in rows:
     for seed in seeds:
       if row == "alone":
-        r = train_student(data, cfg.student, seed=seed, progress=False)
+        r = train_student(data, cfg.distilled, seed=seed, progress=False)
       else:
         r = distill(data, cfg.distilled, teacher if row == "kd_lstm" else transformer, alpha=cfg.alpha,
                     temperature=cfg.temperature, seed=seed, progress=False)

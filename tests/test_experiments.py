@@ -82,7 +82,8 @@ def test_text_distill_trains_saves_restores_and_distils(tmp_path):
   out = tmp_path / "text_distill"
   table = (out / "table.md").read_text()
   assert "| teacher | bilstm |" in table and "| student distilled from the LSTM teacher | gru_small |" in table
-  assert (out / "teacher" / "vocab.json").exists()  # the vocabulary beside the teacher's checkpoint
+  (saved,) = (out / "teachers").glob("*/vocab.json")  # the vocabulary beside the teacher's checkpoint
+  assert saved.parent.name == "negation_300_bilstm_seed0"
   rows = json.loads((out / "results.json").read_text())["rows"]
   assert set(rows) == {"kd_lstm"} and 0 <= rows["kd_lstm"][0]["accuracy"] <= 1
 

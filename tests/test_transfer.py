@@ -16,7 +16,7 @@ from kdjax.data.domains import cross_modal_pair, domain_pair, transform_images
 from kdjax.data.text import negation_task
 from kdjax.methods import as_method
 from kdjax.models import apply_model, create_model, split_model
-from kdjax.train import distill, fit, init_train_state, make_optimizer, make_train_step, restore_trained, train_teacher
+from kdjax.train import distill, evaluate, fit, init_train_state, make_eval_step, make_optimizer, make_train_step, restore_trained, train_teacher
 
 
 def _images(n, seed, shape=(28, 28, 1)):
@@ -122,8 +122,18 @@ def test_cross_modal_distillation_checks_the_teachers_view(mnist):
   r = distill(view, cfg, teacher, alpha=0.5, temperature=4.0, progress=False)
   cached = distill(view, dataclasses.replace(cfg, teacher_cache="device"), teacher, alpha=0.5, temperature=4.0,
                    progress=False)  # the cache is of the teacher's images too
-  for a, b in zip(jax.tree.leaves(r.params), jax.tree.leaves(cached.params)):
-    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  stacked = distill(view, dataclasses.replace(cfg, steps_per_call=4), teacher, alpha=0.5, temperature=4.0,
+                    progress=False)  # the teacher hoisted over a stack of its own images
+  for other in (cached, stacked):
+    for a, b in zip(jax.tree.leaves(r.params), jax.tree.leaves(other.params)):
+      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  blind = distill(dataclasses.replace(view, teacher_train_images=None), cfg, teacher, alpha=0.5, temperature=4.0,
+                  progress=False)  # the same teacher shown the low-resolution view instead: another run
+  assert any(not np.allclose(a, b) for a, b in zip(jax.tree.leaves(r.params), jax.tree.leaves(blind.params)))
+  wrong = dataclasses.replace(view, teacher_train_images=_images(256, 0, (32, 32, 1)))
+  with pytest.raises(ValueError, match=r"takes inputs of shape \(28, 28, 1\), but .* would show it inputs of shape "
+                                       r"\(32, 32, 1\)"):
+    distill(wrong, cfg, teacher, alpha=0.5, temperature=4.0, progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -136,7 +146,11 @@ def test_text_teacher_distils_saves_its_vocabulary_and_refuses_another(negation,
   teacher = train_teacher(negation, cfg, progress=False, checkpoint_dir=tmp_path / "t")
   assert (tmp_path / "t" / "vocab.json").exists()
   restored = restore_trained(tmp_path / "t", cfg, negation)
-  assert restored.test == teacher.test
+  again = evaluate(make_eval_step(restored.graphdef), restored.params, restored.rest, negation.test_images,
+                   negation.test_labels)  # the restored weights themselves, not the stored history
+  assert again == teacher.test
+  for a, b in zip(jax.tree.leaves(teacher.params), jax.tree.leaves(restored.params), strict=True):
+    np.testing.assert_array_equal(a, b)
   other = negation_task(512, 128, seed=0, vocab=("<pad>", "<unk>", *reversed(negation.vocab[2:])))
   with pytest.raises(ValueError, match=r"does not match the one saved with the model"):
     restore_trained(tmp_path / "t", cfg, other)

@@ -124,8 +124,9 @@ def validate_split(name: str, split: str, images: np.ndarray, labels: np.ndarray
                    vocab=None) -> None:
   where = f"dataset {name!r}, {split} split"
   if vocab is not None:
-    if len(vocab) < 2 or vocab[PAD_ID] != "<pad>":
-      raise ValueError(f"{where}: a vocabulary starts with '<pad>' (id {PAD_ID}) and has at least 2 tokens")
+    if tuple(vocab[:2]) != ("<pad>", "<unk>"):
+      raise ValueError(f"{where}: a vocabulary starts with '<pad>' (id {PAD_ID}) and '<unk>' (id 1), got "
+                       f"{tuple(vocab[:2])}")
     check_tokens(where, images, len(vocab))
   else:
     if images.dtype != np.uint8:

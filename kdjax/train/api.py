@@ -105,6 +105,9 @@ def _train(data: ArrayDataset, cfg: TrainConfig, method: Method, *, seed: int, d
   t_graphdef, t_vars, t_shapes = _teacher_args(teacher, teacher_input_shape(data))
   # The train step checks the method against its teachers before anything is initialized.
   check_teacher_cache(cfg.teacher_cache)
+  if ema_decay is not None and data.teacher_train_images is not None:
+    raise ValueError("a mean teacher is the student's own average and sees the student's images: give data "
+                     "without teacher_train_images")
   cached = cfg.teacher_cache != "off"
   if cached and (isinstance(t_graphdef, dict) or t_graphdef is None):
     raise ValueError("teacher_cache caches one fixed teacher's outputs: give one teacher (not several, not the "
@@ -124,9 +127,13 @@ def _train(data: ArrayDataset, cfg: TrainConfig, method: Method, *, seed: int, d
     t_vars = None
   checkpointing = None if checkpoint_dir is None else Checkpointing(
       checkpoint_dir, every_steps=checkpoint_every, resume=resume, identity=_identity(cfg, data))
-  if checkpoint_dir is not None and data.is_text and jax.process_index() == 0:
-    from kdjax.data.text import save_vocab
-    save_vocab(Path(checkpoint_dir) / "vocab.json", data.vocab)  # the ids' words, beside the weights
+  if checkpoint_dir is not None and data.is_text:
+    from kdjax.data.text import check_saved_vocab, save_vocab
+    vocab_file = Path(checkpoint_dir) / "vocab.json"
+    if vocab_file.exists():  # another run's: never overwritten, and it must be this data's
+      check_saved_vocab(vocab_file, data.vocab)
+    elif jax.process_index() == 0:
+      save_vocab(vocab_file, data.vocab)  # the ids' words, beside the weights
   result = fit(state, train_step, make_eval_step(graphdef), data, epochs=cfg.epochs,
                batch_size=cfg.batch_size, teacher_vars=t_vars, seed=seed, desc=desc, log_path=log_path,
                log_fields=log_fields, progress=progress, steps_per_call=cfg.steps_per_call,

@@ -133,8 +133,11 @@ def fit(state: TrainState, train_step: Callable, eval_step: Callable | None, dat
   # Unlabelled images are paired with the batches afresh each epoch, by their own permutation.
   unlabelled = None if data.unlabelled_images is None else {"unlabelled": np.asarray(data.unlabelled_images)}
   nbytes = sum(a.nbytes for a in jax.tree.leaves((source, unlabelled)))
-  # On the device: the set and one epoch gathered from it.
-  resident = jax.process_count() == 1 and fits_on_device(2 * nbytes, resident_bytes)
+  # On the device: the set and one epoch gathered from it (the unlabelled images as many as an epoch takes).
+  gathered = sum(a.nbytes for a in jax.tree.leaves(source))
+  if unlabelled is not None:
+    gathered += n_steps * batch_size * unlabelled["unlabelled"][0].nbytes
+  resident = jax.process_count() == 1 and fits_on_device(nbytes + gathered, resident_bytes)
   if resident:
     source, unlabelled = parallel.replicate((source, unlabelled), mesh)
   elif jax.process_count() == 1:
