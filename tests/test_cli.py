@@ -86,6 +86,10 @@ def _idx_dir(path, data, n_train):
   return path
 
 
+# 15 s on 2 cores: in the slow set (`pytest -m slow`); the README's first command runs the same
+# study in full, run_study is tested on mocked CIFAR-10 below, and `distill`'s flags and its NaN
+# path in the default run.
+@pytest.mark.slow
 def test_cli_runs_the_study_end_to_end(mnist, capsys, tmp_path):
   # The preset's study on half the built-in training set (5,000 images; all 2,000 test images), given
   # as an IDX directory: `distill` has no --subset. One epoch on it trains the student alone to
