@@ -2,6 +2,8 @@ import importlib.util
 import json
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -42,6 +44,7 @@ def test_multi_teacher_compares_every_aggregation(tmp_path):
     assert f"| {run['errors']} |" in table or f"| {run['errors']:.1f} |" in table
 
 
+@pytest.mark.slow  # 13 s on 2 cores; its parts are tested in test_self_kd.py and test_multi_teacher.py
 def test_self_distillation_runs_every_variant(tmp_path):
   _load("self_distillation").main([*QUICK, "--workdir", str(tmp_path)])
   rows = json.loads((tmp_path / "self_distillation" / "results.json").read_text())["rows"]
