@@ -10,7 +10,7 @@ layers) and embeddings are quantized; biases and normalization parameters (1-D) 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -94,3 +94,106 @@ def load_exported(blob: bytes):
   """``x -> logits`` from :func:`export_model`'s bytes."""
   exported = jax.export.deserialize(bytearray(blob))
   return exported.call
+
+
+# --- Magnitude pruning ----------------------------------------------------------------------------
+
+def _prunable(path, leaf) -> bool:
+  """Kernels and embeddings of the model (not a distillation method's own parts: a path under a
+  ``"method"`` key), like the quantizer's."""
+  names = [str(getattr(k, "key", getattr(k, "name", k))) for k in path]
+  return (jnp.ndim(leaf) >= 2 and jnp.issubdtype(jnp.asarray(leaf).dtype, jnp.floating) and _name(path) in QUANTIZABLE
+          and "method" not in names[:1])
+
+
+def check_sparsity(sparsity: float) -> None:
+  if not (isinstance(sparsity, (int, float)) and 0.0 <= sparsity < 1.0):
+    raise ValueError(f"sparsity must lie in [0, 1) (the fraction of weights set to zero), got {sparsity!r}")
+
+
+def magnitude_masks(params: Any, sparsity, *, scope: str = "global") -> Any:
+  """Boolean masks (``True`` = kept) that zero the fraction ``sparsity`` of smallest-magnitude weights
+  of every kernel and embedding: over all of them together (``scope="global"``) or within each
+  (``"layer"``); exactly ``floor(sparsity·n)`` weights, ties broken by position. Other parameters
+  keep everything. ``sparsity`` may be traced (a schedule inside a jitted step)."""
+  if scope not in ("global", "layer"):
+    raise ValueError(f"unknown pruning scope {scope!r}; use 'global' or 'layer'")
+  if not isinstance(sparsity, jax.Array):
+    check_sparsity(sparsity)
+  leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
+  prunable = [_prunable(p, w) for p, w in leaves]
+
+  def keep(magnitudes):  # True for all but the floor(sparsity * n) smallest, exactly
+    n = magnitudes.size
+    k = jnp.floor(sparsity * n).astype(jnp.int32)
+    rank = jnp.zeros(n, jnp.int32).at[jnp.argsort(magnitudes.ravel(), stable=True)].set(jnp.arange(n, dtype=jnp.int32))
+    return (rank >= k).reshape(magnitudes.shape)
+
+  masks = [jnp.ones(jnp.shape(w), bool) for _, w in leaves]
+  chosen = [i for i, p in enumerate(prunable) if p]
+  if scope == "layer":
+    for i in chosen:
+      masks[i] = keep(jnp.abs(leaves[i][1]))
+  elif chosen:
+    flat = keep(jnp.concatenate([jnp.abs(leaves[i][1]).ravel() for i in chosen]))
+    start = 0
+    for i in chosen:
+      size = leaves[i][1].size
+      masks[i] = flat[start:start + size].reshape(leaves[i][1].shape)
+      start += size
+  return jax.tree_util.tree_unflatten(treedef, masks)
+
+
+def sparsity_of(params: Any) -> float:
+  """The fraction of zeros among the kernels and embeddings."""
+  leaves = [w for p, w in jax.tree_util.tree_flatten_with_path(params)[0] if _prunable(p, w)]
+  total = sum(w.size for w in leaves)
+  return float(sum(int(jnp.sum(w == 0)) for w in leaves)) / max(total, 1)
+
+
+class PruningState(NamedTuple):
+  inner: Any
+  masks: Any
+  count: jax.Array
+
+
+def pruning(tx, *, final_sparsity: float, start_step: int = 0, end_step: int = 0, every: int = 1,
+            scope: str = "global"):
+  """``tx`` with magnitude pruning: the optimizer state keeps a mask per weight, pruned weights get
+  no gradient and an update that sets them to exactly zero, so they stay zero through any optimizer
+  (momentum, weight decay). The sparsity follows Zhu & Gupta (2017)'s schedule
+  ``s_t = s_f·(1 − (1 − (t − t0)/(t1 − t0))³)`` from ``start_step`` t0 to ``end_step`` t1, with the
+  masks recomputed from the weights' magnitudes every ``every`` steps; ``end_step == start_step``
+  is one-shot pruning at ``start_step``."""
+  import optax
+  check_sparsity(final_sparsity)
+  if end_step < start_step or start_step < 0 or every < 1:
+    raise ValueError(f"pruning needs 0 <= start_step <= end_step and every >= 1, got start_step {start_step}, "
+                     f"end_step {end_step}, every {every}")
+
+  def target(count):
+    if end_step == start_step:
+      return jnp.where(count >= start_step, final_sparsity, 0.0)
+    frac = jnp.clip((count - start_step) / (end_step - start_step), 0.0, 1.0)
+    return jnp.where(count >= start_step, final_sparsity * (1.0 - (1.0 - frac) ** 3), 0.0)
+
+  def init(params):
+    return PruningState(tx.init(params), jax.tree.map(lambda w: jnp.ones(jnp.shape(w), bool), params),
+                        jnp.zeros((), jnp.int32))
+
+  def update(updates, state, params=None):
+    if params is None:
+      raise ValueError("pruning needs the parameters in update(updates, state, params)")
+    count = state.count
+    due = (count >= start_step) & (count <= end_step) & ((count - start_step) % every == 0)
+    due = due | ((count == end_step) & (count >= start_step))
+    masks = jax.lax.cond(due, lambda: magnitude_masks(jax.tree.map(lambda w, m: w * m, params, state.masks),
+                                                       target(count), scope=scope),
+                         lambda: state.masks)
+    updates = jax.tree.map(lambda u, m: jnp.where(m, u, 0), updates, masks)
+    inner_updates, inner = tx.update(updates, state.inner, params)
+    # A pruned weight moves to exactly zero and stays there.
+    final = jax.tree.map(lambda u, w, m: jnp.where(m, u, -w), inner_updates, params, masks)
+    return final, PruningState(inner, masks, count + 1)
+
+  return optax.GradientTransformation(init, update)

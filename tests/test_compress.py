@@ -52,3 +52,49 @@ def test_exported_model_reloads_and_matches_for_any_batch_size():
   for shape in (None, (28, None, 1)):
     with pytest.raises(ValueError, match="export needs the model's input shape"):
       export_model(graphdef, params, rest, shape)
+
+
+def _weights():
+  k = jax.random.split(jax.random.key(3), 3)
+  return {"a": {"kernel": jax.random.normal(k[0], (6, 5)), "bias": jax.random.normal(k[1], (5,))},
+          "b": {"kernel": 10 * jax.random.normal(k[2], (5, 4))}}
+
+
+def test_magnitude_masks_zero_exactly_the_smallest_weights_globally_or_per_layer():
+  from kdjax.compress import magnitude_masks
+  w = _weights()
+  g = magnitude_masks(w, 0.5)
+  assert bool(g["a"]["bias"].all())  # biases are not pruned
+  kept = jnp.concatenate([jnp.abs(w["a"]["kernel"])[g["a"]["kernel"]], jnp.abs(w["b"]["kernel"])[g["b"]["kernel"]]])
+  dropped = jnp.concatenate([jnp.abs(w["a"]["kernel"])[~g["a"]["kernel"]], jnp.abs(w["b"]["kernel"])[~g["b"]["kernel"]]])
+  assert dropped.size == 25 and float(dropped.max()) <= float(kept.min())  # floor(0.5 * 50), the smallest
+  assert int((~g["b"]["kernel"]).sum()) < 10  # the larger layer loses less under a global threshold
+  per = magnitude_masks(w, 0.5, scope="layer")
+  assert int((~per["a"]["kernel"]).sum()) == 15 and int((~per["b"]["kernel"]).sum()) == 10
+  for bad in (1.0, -0.1):
+    with pytest.raises(ValueError, match=r"sparsity must lie in \[0, 1\)"):
+      magnitude_masks(w, bad)
+
+
+def test_pruned_weights_stay_zero_through_momentum_and_weight_decay_and_the_schedule_is_followed():
+  import optax
+
+  from kdjax.compress import pruning, sparsity_of
+  w = _weights()
+  tx = pruning(optax.chain(optax.add_decayed_weights(5e-4), optax.sgd(0.1, momentum=0.9)), final_sparsity=0.8,
+               start_step=2, end_step=10, every=2)
+  state = tx.init(w)
+  target = lambda z: jax.tree.map(lambda a: jnp.ones_like(a), z)  # noqa: E731
+  step = jax.jit(lambda w, s: tx.update(jax.grad(lambda v: sum(jnp.sum((a - b) ** 2) for a, b in zip(
+      jax.tree.leaves(v), jax.tree.leaves(target(v)))))(w), s, w))
+  seen = []
+  for t in range(14):
+    updates, state = step(w, state)
+    w = optax.apply_updates(w, updates)
+    zeros = jax.tree.map(lambda a, m: a[~m], w, state.masks)
+    assert all(float(jnp.abs(z).max(initial=0.0)) == 0.0 for z in jax.tree.leaves(zeros))  # exactly zero, every step
+    seen.append(sparsity_of(w))
+  assert seen[0] == 0.0 and seen == sorted(seen) and seen[-1] == pytest.approx(0.8, abs=0.02)
+  assert 0.0 < seen[4] < 0.8  # part way through the cubic ramp
+  with pytest.raises(ValueError, match="start_step <= end_step"):
+    pruning(optax.sgd(0.1), final_sparsity=0.5, start_step=5, end_step=2)
