@@ -14,6 +14,7 @@ def _load(name):
   return module
 
 
+@pytest.mark.slow  # 7-9 s on 2 cores; the script composes parts tested on their own
 def test_feature_kd_compares_methods_and_names_the_ones_that_do_not_fit(tmp_path, capsys):
   # The first 1,000 of the 10,000 training images (8 steps of 128): enough for the supervised row to
   # learn far above chance, at a fraction of the time.
@@ -32,6 +33,7 @@ def test_feature_kd_compares_methods_and_names_the_ones_that_do_not_fit(tmp_path
 QUICK = ["--seeds", "0", "--epochs", "1", "--teacher-epochs", "1", "--subset", "300"]
 
 
+@pytest.mark.slow  # 7-9 s on 2 cores; the script composes parts tested on their own
 def test_multi_teacher_compares_every_aggregation(tmp_path):
   _load("multi_teacher").main([*QUICK, "--rows", "alone,ca_mkd", "--workdir", str(tmp_path)])
   table = (tmp_path / "multi_teacher" / "table.md").read_text()
@@ -60,6 +62,7 @@ def test_experiments_reject_a_bad_subset(tmp_path):
     _load("self_distillation").main(["--subset", "0", "--workdir", str(tmp_path)])
 
 
+@pytest.mark.slow  # 7-9 s on 2 cores; the script composes parts tested on their own
 def test_online_trains_cohorts_and_a_teacher_assistant_chain(tmp_path):
   _load("online").main([*QUICK, "--rows", "dml2,small_takd", "--workdir", str(tmp_path)])
   table = (tmp_path / "online" / "table.md").read_text()
@@ -69,6 +72,7 @@ def test_online_trains_cohorts_and_a_teacher_assistant_chain(tmp_path):
   assert 0 <= rows["small_takd"][0]["assistant"]["accuracy"] <= 1
 
 
+@pytest.mark.slow  # 7-9 s on 2 cores; the script composes parts tested on their own
 def test_compare_variants_writes_a_report_with_both_accuracies(tmp_path, capsys):
   _load("compare_variants").main(["--seeds", "0,1", "--epochs", "1", "--teacher-epochs", "1", "--subset", "300",
                                   "--methods", "supervised,dkd", "--temperatures", "2,4",
