@@ -36,11 +36,14 @@ def dequantize(q: jax.Array, scale: jax.Array) -> jax.Array:
   return q.astype(jnp.float32) * scale
 
 
-def _name(path) -> str:
-  """The parameter's own name: the last key of its path (an NNX ``Param``'s ``.value`` skipped)."""
-  names = [str(getattr(k, "key", getattr(k, "name", k))) for k in path]
-  names = [n for n in names if n != "value"]
-  return names[-1] if names else ""
+def _names(path) -> list[str]:
+  """The keys of a parameter's path (an NNX ``Param``'s ``.value`` skipped)."""
+  return [n for n in (str(getattr(k, "key", getattr(k, "name", k))) for k in path) if n != "value"] or [""]
+
+
+def _is_matrix(leaf) -> bool:
+  """A float parameter of 2 or more dimensions: a weight matrix or filter of some layer."""
+  return jnp.ndim(leaf) >= 2 and jnp.issubdtype(jnp.asarray(leaf).dtype, jnp.floating)
 
 
 def quantize_params(params: Any) -> Any:
@@ -48,9 +51,9 @@ def quantize_params(params: Any) -> Any:
   A float parameter of 2 or more dimensions under any other name belongs to a layer this
   quantizer does not know: an error naming its path."""
   def one(path, w):
-    if not jnp.issubdtype(jnp.asarray(w).dtype, jnp.floating) or jnp.ndim(w) < 2:
+    if not _is_matrix(w):
       return w
-    if _name(path) not in QUANTIZABLE:
+    if _names(path)[-1] not in QUANTIZABLE:
       raise ValueError(f"cannot quantize parameter {jax.tree_util.keystr(path)} of shape {jnp.shape(w)}: only "
                        f"{' and '.join(QUANTIZABLE)} weights (Linear, Conv, Embed layers) are supported")
     q, scale = quantize(w)
@@ -101,9 +104,8 @@ def load_exported(blob: bytes):
 def _prunable(path, leaf) -> bool:
   """Kernels and embeddings of the model (not a distillation method's own parts: a path under a
   ``"method"`` key), like the quantizer's."""
-  names = [str(getattr(k, "key", getattr(k, "name", k))) for k in path]
-  return (jnp.ndim(leaf) >= 2 and jnp.issubdtype(jnp.asarray(leaf).dtype, jnp.floating) and _name(path) in QUANTIZABLE
-          and "method" not in names[:1])
+  names = _names(path)
+  return _is_matrix(leaf) and names[-1] in QUANTIZABLE and names[0] != "method"
 
 
 def check_sparsity(sparsity: float) -> None:

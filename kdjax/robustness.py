@@ -120,7 +120,7 @@ CORRUPTIONS = {
 
 def robustness_report(graphdef, params, rest, images, labels, *, noise: Sequence[float] = (0.1, 0.2, 0.3),
                       corruptions: dict[str, Sequence[Any]] | None = None, fgsm_eps: Sequence[float] = (0.05, 0.1),
-                    pgd_eps: Sequence[float] = (0.05, 0.1), pgd_steps: int = 10, seed: int = 0,
+                      pgd_eps: Sequence[float] = (0.05, 0.1), pgd_steps: int = 10, seed: int = 0,
                       batch_size: int = 500) -> dict[str, float]:
   """Test accuracy of a model clean and under every perturbation: ``{"clean": acc, "noise σ":
   acc, "blur 3": acc, ..., "fgsm ε": acc, "pgd ε": acc}`` (images uint8, labels int). Each
@@ -131,6 +131,7 @@ def robustness_report(graphdef, params, rest, images, labels, *, noise: Sequence
   for name in corruptions:
     if name not in CORRUPTIONS:
       raise ValueError(f"unknown corruption {name!r}; known: {', '.join(CORRUPTIONS)}")
+
   def accuracy_under(perturb: Callable[..., jax.Array]) -> float:
     """``perturb(logits_fn, key, x, y) -> x'``; the model's variables are arguments of the jitted
     function, never constants baked into it."""
@@ -140,10 +141,10 @@ def robustness_report(graphdef, params, rest, images, labels, *, noise: Sequence
       x = perturb(logits_fn, key, to_float(xb), yb)
       return jnp.sum((jnp.argmax(logits_fn(x), -1) == yb) & mask)
 
-    total, key = 0, jax.random.key(seed)
+    total, key = jnp.zeros((), jnp.int32), jax.random.key(seed)
     for i, (xb, yb, mask) in enumerate(padded_batches(images, labels, min(batch_size, len(labels)))):
-      total += int(correct(params, rest, jax.random.fold_in(key, i), xb, yb, mask))
-    return total / len(labels)
+      total = total + correct(params, rest, jax.random.fold_in(key, i), xb, yb, mask)  # summed on the device
+    return int(total) / len(labels)
 
   report = {"clean": accuracy_under(lambda f, k, x, y: x)}
   for s in noise:

@@ -92,9 +92,16 @@ def _identity(cfg: TrainConfig, data: ArrayDataset) -> dict[str, Any]:
   for text, the vocabulary: the same ids must mean the same words)."""
   identity = {"model": cfg.model, "num_classes": data.num_classes, "input_shape": list(data.image_shape)}
   if data.is_text:
-    from kdjax.data.text import vocab_fingerprint
-    identity["vocabulary"] = vocab_fingerprint(data.vocab)
+    identity["vocabulary"] = _vocabulary(data)
   return identity
+
+
+def _vocabulary(data: ArrayDataset) -> str | None:
+  """The fingerprint of the vocabulary the data's token ids index (``None`` for images)."""
+  if not data.is_text:
+    return None
+  from kdjax.data.text import vocab_fingerprint
+  return vocab_fingerprint(data.vocab)
 
 
 def _train(data: ArrayDataset, cfg: TrainConfig, method: Method, *, seed: int, desc: str,
@@ -140,7 +147,7 @@ def _train(data: ArrayDataset, cfg: TrainConfig, method: Method, *, seed: int, d
                teacher_cache=teacher_cache, mesh=mesh, checkpointing=checkpointing)
   return TrainedModel(cfg.model, data.num_classes, data.image_shape, graphdef,
                       result.state.params, result.state.rest, result, result.state.method_params,
-                      result.state.ema, _identity(cfg, data).get("vocabulary"))
+                      result.state.ema, _vocabulary(data))
 
 
 def restore_trained(checkpoint_dir: str | Path, cfg: TrainConfig, data: ArrayDataset, *,
@@ -168,7 +175,7 @@ def restore_trained(checkpoint_dir: str | Path, cfg: TrainConfig, data: ArrayDat
   test = {k[5:]: v for k, v in history[-1].items() if k.startswith("test_")}
   fit_result = FitResult(state=state, history=history, test=test, wall_s=meta["wall_s"])
   return TrainedModel(cfg.model, data.num_classes, data.image_shape, graphdef, state.params, state.rest,
-                      fit_result, state.method_params, state.ema, _identity(cfg, data).get("vocabulary"))
+                      fit_result, state.method_params, state.ema, _vocabulary(data))
 
 
 def train_teacher(data: ArrayDataset, cfg: TrainConfig, *, seed: int = 0, **kwargs) -> TrainedModel:
@@ -204,7 +211,7 @@ def check_teacher(teacher: TrainedModel, data: ArrayDataset, name: str = "teache
     raise ValueError(
         f"teacher and student have different class counts: the {name} ({teacher.model}) predicts "
         f"{teacher.num_classes} classes, the student is built for {data.num_classes} ({data.name})")
-  vocabulary = _identity(TrainConfig(model=teacher.model), data).get("vocabulary")
+  vocabulary = _vocabulary(data)
   if teacher.vocabulary != vocabulary:
     raise ValueError(f"the {name} ({teacher.model}) reads token ids of vocabulary {teacher.vocabulary}, but "
                      f"{data.name}'s ids index vocabulary {vocabulary}: build the student's data with the "
