@@ -25,13 +25,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import re
 import time
 from pathlib import Path
 
 from kdjax.config import to_dict
 from kdjax.models import get_model_spec
-from kdjax.study import add_experiment_args, environment, experiment_config, experiment_data, mean_pm, select, write_results
+from kdjax.study import (add_experiment_args, environment, experiment_config, experiment_data, mean_pm, select,
+                         teacher_checkpoint, write_results)
 from kdjax.train import distill, evaluate, make_eval_step, restore_trained, train_student, train_teacher
 
 ROWS = {"alone": "labels only", "kd_lstm": "distilled from the LSTM teacher",
@@ -63,8 +63,7 @@ def main(argv: list[str] | None = None) -> None:
   t0 = time.perf_counter()
   print(data.summary(), flush=True)
 
-  slug = re.sub(r"[^A-Za-z0-9.-]+", "_", data.name).strip("_")  # negation[:300] -> negation_300
-  ckpt = out / "teachers" / f"{slug}_{cfg.teacher.model}_seed{seeds[0]}"
+  ckpt = teacher_checkpoint(out, data, cfg.teacher.model, seeds[0])
   trained = train_teacher(data, cfg.teacher, seed=seeds[0], progress=False, checkpoint_dir=ckpt,
                           resume=True)  # a finished teacher in WORKDIR is restored, not trained again
   teacher = restore_trained(ckpt, cfg.teacher, data)  # the weights and vocabulary as saved

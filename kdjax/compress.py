@@ -1,5 +1,6 @@
-"""Compression for deployment: post-training int8 weight quantization and export of a trained model
-as serialized StableHLO (``jax.export``).
+"""Compression for deployment: int8 weight quantization (post-training, or trained for with
+:func:`fake_quantize`), magnitude pruning during training (:func:`pruning`) with sparse storage
+(:func:`pack_sparse`), and export of a trained model as serialized StableHLO (``jax.export``).
 
 Quantization is symmetric and per output channel: each kernel ``W[..., c]`` is stored as int8
 ``q = round(W / s_c)`` in ``[-127, 127]`` with one float32 scale ``s_c = max |W[..., c]| / 127``,
@@ -9,7 +10,7 @@ layers) and embeddings are quantized; biases and normalization parameters (1-D) 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -51,15 +52,36 @@ def quantize_params(params: Any) -> Any:
   A float parameter of 2 or more dimensions under any other name belongs to a layer this
   quantizer does not know: an error naming its path."""
   def one(path, w):
+    q, scale = quantize(w)
+    return {"q": q, "scale": scale}
+
+  return _map_weights(one, params)
+
+
+def _map_weights(fn, params: Any) -> Any:
+  """``fn(path, w)`` applied to every kernel and embedding; a float parameter of 2 or more dimensions
+  under another name is an error naming its path."""
+  def one(path, w):
     if not _is_matrix(w):
       return w
     if _names(path)[-1] not in QUANTIZABLE:
       raise ValueError(f"cannot quantize parameter {jax.tree_util.keystr(path)} of shape {jnp.shape(w)}: only "
                        f"{' and '.join(QUANTIZABLE)} weights (Linear, Conv, Embed layers) are supported")
-    q, scale = quantize(w)
-    return {"q": q, "scale": scale}
+    return fn(path, w)
 
   return jax.tree_util.tree_map_with_path(one, params)
+
+
+def fake_quantize(params: Any) -> Any:
+  """Quantization-aware training's view of the weights: every kernel and embedding rounded to its
+  int8 value (exactly ``dequantize_params(quantize_params(params))`` in the forward pass), with a
+  straight-through gradient (the rounding's derivative taken as 1, Bengio et al. 2013; the scales
+  get none). A model trained on these is the model :func:`quantize_params` stores."""
+  def one(path, w):
+    w_q = dequantize(*quantize(w)).astype(w.dtype)
+    return w + jax.lax.stop_gradient(w_q - w)
+
+  return _map_weights(one, params)
 
 
 def _is_quantized(x) -> bool:
@@ -77,13 +99,17 @@ def size_bytes(tree: Any) -> int:
   return int(sum(np.asarray(a).nbytes for a in jax.tree.leaves(tree)))
 
 
+def _check_input_shape(input_shape: Sequence[int] | None) -> tuple[int, ...]:
+  if input_shape is None or not len(input_shape) or any(d is None or int(d) < 1 for d in input_shape):
+    raise ValueError(f"export needs the model's input shape (one example, e.g. (28, 28, 1)), got {input_shape!r}")
+  return tuple(int(d) for d in input_shape)
+
+
 def export_model(graphdef, params, rest, input_shape: Sequence[int] | None) -> bytes:
   """The model's inference function ``x -> logits`` for inputs of ``input_shape`` (one example's
   shape; any batch size) with its weights, as serialized StableHLO (``jax.export``): it runs with
   :func:`load_exported` and JAX alone, without kdjax or the model's code."""
-  if input_shape is None or any(d is None or int(d) < 1 for d in input_shape):
-    raise ValueError(f"export needs the model's input shape (one example, e.g. (28, 28, 1)), got {input_shape!r}")
-  input_shape = tuple(int(d) for d in input_shape)
+  input_shape = _check_input_shape(input_shape)
 
   def logits(x):
     return apply_model(graphdef, params, rest, x, train=False)[0]
@@ -97,6 +123,41 @@ def load_exported(blob: bytes):
   """``x -> logits`` from :func:`export_model`'s bytes."""
   exported = jax.export.deserialize(bytearray(blob))
   return exported.call
+
+
+# --- Sparse storage -------------------------------------------------------------------------------
+
+def _is_packed(x) -> bool:
+  return isinstance(x, dict) and set(x) == {"bits", "values", "shape"}
+
+
+def pack_sparse(tree: Any) -> Any:
+  """A pruned model for storage: every array of 2 or more dimensions (float kernels, or the int8
+  ``q`` of :func:`quantize_params`) as ``{"bits": its nonzero pattern, one bit per weight,
+  "values": its nonzeros in row-major order, "shape"}``; other leaves as they are. It takes
+  ``n/8 + nnz·itemsize`` bytes instead of ``n·itemsize``; :func:`unpack_sparse` inverts it exactly."""
+  def one(a):
+    a = np.asarray(a)
+    if a.ndim < 2:
+      return a
+    nonzero = a != 0
+    return {"bits": np.packbits(nonzero.ravel()), "values": a[nonzero], "shape": np.asarray(a.shape, np.int32)}
+
+  return jax.tree.map(one, tree)
+
+
+def unpack_sparse(packed: Any) -> Any:
+  """The dense pytree back from :func:`pack_sparse`."""
+  def one(x):
+    if not _is_packed(x):
+      return x
+    shape = tuple(int(d) for d in x["shape"])
+    nonzero = np.unpackbits(x["bits"], count=int(np.prod(shape))).astype(bool)
+    dense = np.zeros(nonzero.size, x["values"].dtype)
+    dense[nonzero] = x["values"]
+    return dense.reshape(shape)
+
+  return jax.tree.map(one, packed, is_leaf=_is_packed)
 
 
 # --- Magnitude pruning ----------------------------------------------------------------------------
@@ -126,10 +187,24 @@ def magnitude_masks(params: Any, sparsity, *, scope: str = "global") -> Any:
   prunable = [_prunable(p, w) for p, w in leaves]
 
   def keep(magnitudes):  # True for all but the floor(sparsity * n) smallest, exactly
-    n = magnitudes.size
-    k = jnp.floor(sparsity * n).astype(jnp.int32)
-    rank = jnp.zeros(n, jnp.int32).at[jnp.argsort(magnitudes.ravel(), stable=True)].set(jnp.arange(n, dtype=jnp.int32))
-    return (rank >= k).reshape(magnitudes.shape)
+    # The k-th smallest magnitude by bisection on its bits (a non-negative float's bits order like
+    # the float): 32 counting passes, far cheaper than a sort of n weights on a CPU. Ties at the
+    # threshold are dropped in position order, as a stable sort would.
+    flat = magnitudes.ravel().astype(jnp.float32)
+    k = jnp.floor(sparsity * flat.size).astype(jnp.int32)
+    bits = jax.lax.bitcast_convert_type(flat, jnp.int32)
+
+    def bisect(_, bounds):  # the smallest b with count(bits <= b) >= k lies in [lo, hi]
+      lo, hi = bounds
+      mid = lo + (hi - lo) // 2
+      enough = jnp.sum(bits <= mid) >= k
+      return jnp.where(enough, lo, mid + 1), jnp.where(enough, mid, hi)
+
+    threshold, _ = jax.lax.fori_loop(0, 32, bisect, (jnp.int32(0), jnp.int32(np.iinfo(np.int32).max)))
+    below, tie = bits < threshold, bits == threshold
+    tie_rank = jnp.cumsum(tie) - 1
+    drop = below | (tie & (tie_rank < k - jnp.sum(below)))
+    return (~drop).reshape(magnitudes.shape)
 
   masks = [jnp.ones(jnp.shape(w), bool) for _, w in leaves]
   chosen = [i for i, p in enumerate(prunable) if p]
@@ -199,3 +274,93 @@ def pruning(tx, *, final_sparsity: float, start_step: int = 0, end_step: int = 0
     return final, PruningState(inner, masks, count + 1)
 
   return optax.GradientTransformation(init, update)
+
+
+# --- TFLite (optional: TensorFlow) ----------------------------------------------------------------
+# jax2tf wraps the inference function (weights closed over, so they become constants) as a TensorFlow
+# function holding one XlaCallModule op with its StableHLO; TensorFlow's TFLite converter lowers that
+# to TFLite builtin ops (FULLY_CONNECTED, CONV_2D, ...), no select-TF ops, so the flatbuffer runs on
+# the plain TFLite / LiteRT interpreter. TensorFlow is imported only inside these functions.
+
+TFLITE_HINT = "pip install 'kdjax[tflite]'  (or: pip install 'tensorflow>=2.20')"
+
+
+def _import_tf():
+  """``(tf, jax2tf)``; jax2tf imports TensorFlow itself, so it is only imported here too."""
+  try:
+    import tensorflow as tf
+    from jax.experimental import jax2tf
+  except ImportError as e:
+    raise ImportError(f"TFLite export needs TensorFlow, which is not installed: {TFLITE_HINT}") from e
+  return tf, jax2tf
+
+
+def export_tflite(graphdef, params, rest, input_shape: Sequence[int] | None, *, batch_size: int | None = None,
+                  quantize_weights: bool = False) -> bytes:
+  """The model's inference function ``x -> logits`` for inputs of ``input_shape`` (one example's
+  shape) with its weights, as a TFLite flatbuffer: run it with :func:`load_tflite`.
+
+  ``batch_size``: None for any batch size (the input's batch dimension is dynamic; the interpreter
+  is resized per call), or a fixed batch size (a static graph, without the shape arithmetic a
+  dynamic batch needs). ``quantize_weights``: TFLite's dynamic-range quantization (kernels stored
+  as int8 with per-channel scales, activations quantized on the fly in the matmuls and
+  convolutions): about 4x smaller, logits no longer exactly those of the float model.
+  """
+  input_shape = _check_input_shape(input_shape)
+  if batch_size is not None and not (isinstance(batch_size, int) and batch_size >= 1):
+    raise ValueError(f"batch_size must be None (any batch size) or a positive int, got {batch_size!r}")
+  tf, jax2tf = _import_tf()
+
+  def logits(x):
+    return apply_model(graphdef, params, rest, x, train=False)[0]
+
+  dtype = tf.as_dtype(np.dtype(input_dtype(input_shape)))
+  poly = None if batch_size is not None else ["(b, ...)"]
+  # Lowered for the CPU whatever JAX's default backend is: no GPU-only custom calls in the StableHLO.
+  fn = jax2tf.convert(logits, polymorphic_shapes=poly, with_gradient=False,
+                      native_serialization_platforms=("cpu",))
+  module = tf.Module()
+  module.logits = tf.function(fn, input_signature=[tf.TensorSpec((batch_size, *input_shape), dtype, name="x")],
+                              autograph=False)
+  converter = tf.lite.TFLiteConverter.from_concrete_functions([module.logits.get_concrete_function()], module)
+  if quantize_weights:
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+  return bytes(converter.convert())
+
+
+def _interpreter(blob: bytes):
+  """LiteRT's interpreter (``ai-edge-litert``) where it is installed, else TensorFlow's (deprecated
+  since TF 2.20 in its favour)."""
+  try:
+    from ai_edge_litert.interpreter import Interpreter
+  except ImportError:
+    tf, _ = _import_tf()
+    Interpreter = tf.lite.Interpreter
+  return Interpreter(model_content=bytes(blob))
+
+
+def load_tflite(blob: bytes) -> Callable[[np.ndarray], np.ndarray]:
+  """``x -> logits`` (numpy arrays) from :func:`export_tflite`'s bytes, run by the TFLite
+  interpreter. A model exported with a dynamic batch takes any batch size (the interpreter's input
+  is resized when the batch size changes); one with a fixed batch size takes that size only. The
+  callable holds one interpreter: don't call it from two threads at once."""
+  interpreter = _interpreter(blob)
+  (inp,) = interpreter.get_input_details()
+  (out,) = interpreter.get_output_details()
+  signature = tuple(int(d) for d in inp["shape_signature"])
+  state = {"shape": None}
+
+  def logits(x) -> np.ndarray:
+    x = np.asarray(x, dtype=inp["dtype"])
+    if x.ndim != len(signature) or any(s not in (-1, d) for s, d in zip(signature, x.shape)):
+      want = tuple("any" if s == -1 else s for s in signature)
+      raise ValueError(f"this TFLite model takes inputs of shape {want}, got {x.shape}")
+    if state["shape"] != x.shape:
+      interpreter.resize_tensor_input(inp["index"], list(x.shape))
+      interpreter.allocate_tensors()
+      state["shape"] = x.shape
+    interpreter.set_tensor(inp["index"], x)
+    interpreter.invoke()
+    return interpreter.get_tensor(out["index"]).copy()
+
+  return logits

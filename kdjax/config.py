@@ -33,6 +33,16 @@ class TrainConfig:
   # once, kept on the device) or a path ending in .npz (also kept on disk there and reused).
   teacher_cache: str = "off"
   cache_features: tuple[str, ...] = ()  # the teacher features to cache besides its logits
+  # Compression while training (kdjax.compress): int8 fake quantization of the weights in the forward
+  # pass with straight-through gradients (quantization-aware training/distillation; evaluated as int8),
+  # and magnitude pruning to prune_sparsity (0 = off) along Zhu & Gupta's cubic schedule from epoch
+  # prune_start to epoch prune_end (equal: one shot), the masks recomputed every prune_every steps.
+  fake_quant: bool = False
+  prune_sparsity: float = 0.0
+  prune_start: int = 0
+  prune_end: int = 0
+  prune_every: int = 10
+  prune_scope: str = "global"  # "global" (one threshold over all weights) or "layer"
 
   def model_options(self) -> dict[str, float]:
     """Options for :func:`kdjax.models.create_model` that this config sets."""
@@ -101,9 +111,35 @@ def validate_study(cfg: StudyConfig) -> None:
     make_optimizer(run.optimizer, learning_rate=run.learning_rate, total_steps=run.epochs, steps_per_epoch=1,
                    momentum=run.momentum, weight_decay=run.weight_decay, schedule=run.schedule,
                    decay_epochs=run.decay_epochs)
+    check_compression(run, role)
   if cfg.student.model != cfg.distilled.model:
     raise ValueError(f"student ({cfg.student.model}) and distilled ({cfg.distilled.model}) must be "
                      "the same model for the comparison to mean anything")
+
+
+def check_compression(run: TrainConfig, role: str = "run") -> None:
+  """The pruning settings of a run must describe a schedule inside it (``prune_sparsity`` 0 is off)."""
+  from kdjax.compress import check_sparsity
+  try:
+    check_sparsity(run.prune_sparsity)
+  except ValueError as e:
+    raise ValueError(f"{role}.prune_sparsity: {e}") from None
+  if run.prune_sparsity:
+    if not 0 <= run.prune_start <= run.prune_end <= run.epochs:
+      raise ValueError(f"{role}: pruning needs 0 <= prune_start <= prune_end <= epochs ({run.epochs}), got "
+                       f"prune_start {run.prune_start}, prune_end {run.prune_end}")
+    if run.prune_every < 1:
+      raise ValueError(f"{role}.prune_every must be >= 1 step, got {run.prune_every}")
+    if run.prune_scope not in ("global", "layer"):
+      raise ValueError(f"{role}.prune_scope must be 'global' or 'layer', got {run.prune_scope!r}")
+
+
+def refuse_compression(run: TrainConfig, what: str) -> None:
+  """For the trainers that build their own optimizer and step (sweeps, online cohorts)."""
+  if run.fake_quant or run.prune_sparsity:
+    raise ValueError(f"{what} do not prune or fake-quantize while training (got prune_sparsity "
+                     f"{run.prune_sparsity}, fake_quant {run.fake_quant}): compress with kdjax.train.distill or "
+                     "train_student, or afterwards with kdjax.compress")
 
 
 def to_dict(cfg) -> dict[str, Any]:

@@ -14,7 +14,7 @@ examples always stay in the valid range ``[0, 1]`` and within ``ε`` of the clea
 
 from __future__ import annotations
 
-import math
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -24,6 +24,7 @@ import numpy as np
 import optax
 
 from kdjax.data.augment import padded_batches, shift_crop, to_float
+from kdjax.losses.validate import check_epsilon, check_pgd
 from kdjax.models.functional import apply_model
 
 LogitsFn = Callable[[jax.Array], jax.Array]
@@ -32,11 +33,6 @@ LogitsFn = Callable[[jax.Array], jax.Array]
 def model_logits(graphdef, params, rest) -> LogitsFn:
   """``x -> logits`` of a kdjax model in inference mode (float images in ``[0, 1]``)."""
   return lambda x: apply_model(graphdef, params, rest, x, train=False)[0]
-
-
-def check_epsilon(eps: float) -> None:
-  if not (isinstance(eps, (int, float)) and math.isfinite(eps) and eps >= 0):
-    raise ValueError(f"the attack budget epsilon must be a finite number >= 0 (in pixel units of [0, 1]), got {eps!r}")
 
 
 def _input_grad(logits_fn: LogitsFn, x, labels):
@@ -58,12 +54,7 @@ def pgd(logits_fn: LogitsFn, key: jax.Array, x: jax.Array, labels: jax.Array, ep
   """Projected gradient descent on the loss (ascent), L∞ budget ``eps``: ``steps`` signed steps of
   ``step_size`` (default ``2.5·ε/steps``, Madry et al.'s choice), each projected onto
   ``[x − ε, x + ε] ∩ [0, 1]``; from a uniform random point of the ball when ``random_start``."""
-  check_epsilon(eps)
-  if not isinstance(steps, int) or steps < 1:
-    raise ValueError(f"PGD needs steps >= 1, got {steps!r}")
-  step_size = 2.5 * eps / steps if step_size is None else step_size
-  if eps > 0 and not (math.isfinite(step_size) and step_size > 0):
-    raise ValueError(f"PGD's step_size must be > 0, got {step_size!r}")
+  step_size = check_pgd(eps, steps, step_size)
   lo, hi = jnp.clip(x - eps, 0.0, 1.0), jnp.clip(x + eps, 0.0, 1.0)
   start = jnp.clip(x + jax.random.uniform(key, x.shape, x.dtype, -eps, eps), lo, hi) if random_start else x
 
@@ -77,7 +68,7 @@ def pgd(logits_fn: LogitsFn, key: jax.Array, x: jax.Array, labels: jax.Array, ep
 
 def gaussian_noise(key: jax.Array, x: jax.Array, sigma: float) -> jax.Array:
   """``x`` plus Gaussian noise of standard deviation ``sigma``, clipped to ``[0, 1]``."""
-  if not sigma >= 0:
+  if not isinstance(sigma, jax.Array) and not sigma >= 0:
     raise ValueError(f"noise sigma must be >= 0, got {sigma!r}")
   return jnp.clip(x + sigma * jax.random.normal(key, x.shape, x.dtype), 0.0, 1.0)
 
@@ -95,7 +86,7 @@ def box_blur(x: jax.Array, size: int) -> jax.Array:
 
 def contrast(x: jax.Array, factor: float) -> jax.Array:
   """Contrast scaled by ``factor`` around each image's mean (``factor < 1`` lowers it)."""
-  if not factor >= 0:
+  if not isinstance(factor, jax.Array) and not factor >= 0:
     raise ValueError(f"contrast factor must be >= 0, got {factor!r}")
   mean = x.mean(axis=(1, 2, 3), keepdims=True)
   return jnp.clip(mean + factor * (x - mean), 0.0, 1.0)
@@ -118,43 +109,88 @@ CORRUPTIONS = {
 }
 
 
+# The perturbations ``robustness_report`` applies: those with a traced strength compile once for
+# every level; blur sizes and translations change shapes or loops, so each is its own program.
+_TRACED = ("clean", "noise", "contrast", "fgsm", "pgd")
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "kind", "static"))
+def _correct(graphdef, kind: str, static, params, rest, key, level, xb, yb, mask):
+  """Correct predictions of a batch under one perturbation; the model's variables and the
+  perturbation's strength are arguments, never constants baked into the program."""
+  logits_fn = model_logits(graphdef, params, rest)
+  x = to_float(xb)
+  if kind == "noise":
+    x = gaussian_noise(key, x, level)
+  elif kind == "contrast":
+    x = contrast(x, level)
+  elif kind == "fgsm":
+    x = fgsm(logits_fn, x, yb, level)
+  elif kind == "pgd":
+    x = pgd(logits_fn, key, x, yb, level, steps=static)
+  elif kind != "clean":
+    x = CORRUPTIONS[kind][0](x, static)
+  return jnp.sum((jnp.argmax(logits_fn(x), -1) == yb) & mask)
+
+
 def robustness_report(graphdef, params, rest, images, labels, *, noise: Sequence[float] = (0.1, 0.2, 0.3),
                       corruptions: dict[str, Sequence[Any]] | None = None, fgsm_eps: Sequence[float] = (0.05, 0.1),
                       pgd_eps: Sequence[float] = (0.05, 0.1), pgd_steps: int = 10, seed: int = 0,
                       batch_size: int = 500) -> dict[str, float]:
   """Test accuracy of a model clean and under every perturbation: ``{"clean": acc, "noise σ":
-  acc, "blur 3": acc, ..., "fgsm ε": acc, "pgd ε": acc}`` (images uint8, labels int). Each
-  perturbation is one jitted function over fixed-size padded batches; draws come from ``seed``."""
+  acc, "blur 3": acc, ..., "fgsm ε": acc, "pgd ε": acc}`` (images uint8, labels int). Each kind of
+  perturbation is one jitted program over fixed-size padded batches, shared by every strength and by
+  every model of the same architecture; random draws come from ``seed``."""
   for eps in (*fgsm_eps, *pgd_eps):
-    check_epsilon(eps)
+    check_pgd(eps, pgd_steps, None)
+  for s in noise:
+    gaussian_noise(jax.random.key(0), jnp.zeros((1, 1, 1, 1)), s)  # checks sigma
   corruptions = {k: v[1] for k, v in CORRUPTIONS.items()} if corruptions is None else corruptions
   for name in corruptions:
     if name not in CORRUPTIONS:
       raise ValueError(f"unknown corruption {name!r}; known: {', '.join(CORRUPTIONS)}")
+  batches = list(padded_batches(images, labels, min(batch_size, len(labels))))
 
-  def accuracy_under(perturb: Callable[..., jax.Array]) -> float:
-    """``perturb(logits_fn, key, x, y) -> x'``; the model's variables are arguments of the jitted
-    function, never constants baked into it."""
-    @jax.jit
-    def correct(params, rest, key, xb, yb, mask):
-      logits_fn = model_logits(graphdef, params, rest)
-      x = perturb(logits_fn, key, to_float(xb), yb)
-      return jnp.sum((jnp.argmax(logits_fn(x), -1) == yb) & mask)
-
+  def accuracy_under(kind: str, level=0.0, static=None) -> float:
+    if kind in _TRACED:
+      level = jnp.float32(level)
     total, key = jnp.zeros((), jnp.int32), jax.random.key(seed)
-    for i, (xb, yb, mask) in enumerate(padded_batches(images, labels, min(batch_size, len(labels)))):
-      total = total + correct(params, rest, jax.random.fold_in(key, i), xb, yb, mask)  # summed on the device
+    for i, (xb, yb, mask) in enumerate(batches):  # summed on the device, fetched once
+      total = total + _correct(graphdef, kind, static, params, rest, jax.random.fold_in(key, i),
+                               level, xb, yb, mask)
     return int(total) / len(labels)
 
-  report = {"clean": accuracy_under(lambda f, k, x, y: x)}
+  report = {"clean": accuracy_under("clean")}
   for s in noise:
-    report[f"noise {s:g}"] = accuracy_under(lambda f, k, x, y, s=s: gaussian_noise(k, x, s))
+    report[f"noise {s:g}"] = accuracy_under("noise", s)
   for name, levels in corruptions.items():
-    fn = CORRUPTIONS[name][0]
     for level in levels:
-      report[f"{name} {level:g}"] = accuracy_under(lambda f, k, x, y, fn=fn, level=level: fn(x, level))
+      report[f"{name} {level:g}"] = (accuracy_under(name, level) if name in _TRACED
+                                     else accuracy_under(name, static=level))
   for eps in fgsm_eps:
-    report[f"fgsm {eps:g}"] = accuracy_under(lambda f, k, x, y, eps=eps: fgsm(f, x, y, eps))
+    report[f"fgsm {eps:g}"] = accuracy_under("fgsm", eps)
   for eps in pgd_eps:
-    report[f"pgd {eps:g}"] = accuracy_under(lambda f, k, x, y, eps=eps: pgd(f, k, x, y, eps, steps=pgd_steps))
+    report[f"pgd {eps:g}"] = accuracy_under("pgd", eps, static=pgd_steps)
   return {k: float(np.round(v, 6)) for k, v in report.items()}
+
+
+def plot_attack_curves(eps: Sequence[float], curves: dict[str, Sequence[Sequence[float]]], path, *,
+                       title: str = "") -> Any:
+  """Accuracy (%) against the attack budget, one line per model: ``curves[name][i]`` holds the
+  accuracies (one per seed) at ``eps[i]``; the line is their mean, with error bars of one sample
+  standard deviation where there are several. Writes a PNG to ``path`` and returns the path."""
+  from kdjax.sweep.plots import _colors, _figure, _legend, _save
+  from kdjax.sweep.stats import mean_std
+  fig = _figure(6.4, 4.2)
+  ax = fig.add_subplot()
+  for color, (name, values) in zip(_colors(len(curves)), curves.items()):
+    means, stds = zip(*(mean_std(list(v)) for v in values))
+    ax.errorbar(list(eps), means, yerr=stds if any(len(v) > 1 for v in values) else None, label=name,
+                color=color, marker="o", markersize=3, capsize=2)
+  ax.set_xlabel("ε (L∞, pixel units of [0, 1])")
+  ax.set_ylabel("test accuracy (%)")
+  ax.set_ylim(0, 100)
+  ax.grid(alpha=0.3)
+  ax.set_title(title, fontsize="medium")
+  _legend(ax, len(curves))
+  return _save(fig, path)

@@ -15,6 +15,7 @@ import dataclasses
 import datetime
 import json
 import platform
+import re
 import statistics
 import time
 from pathlib import Path
@@ -160,6 +161,13 @@ def add_experiment_args(parser, default_config: str = "hinton_mnist") -> None:
   parser.add_argument("--subset", type=int, metavar="N",
                       help="train on the first N training images only (quick checks; the test split is kept)")
   parser.add_argument("--workdir", default="runs")
+
+
+def teacher_checkpoint(out: Path, data: ArrayDataset, name: str, seed: int) -> Path:
+  """Where an experiment keeps a teacher it restores on a second run, not trains again:
+  ``out/teachers/DATA_NAME_seedS`` (one folder per dataset, so two datasets never share one)."""
+  slug = re.sub(r"[^A-Za-z0-9.-]+", "_", data.name).strip("_")  # negation[:300] -> negation_300
+  return out / "teachers" / f"{slug}_{name}_seed{seed}"
 
 
 def select(text: str, known, what: str = "row") -> list[str]:

@@ -1,6 +1,8 @@
 """Compression: int8 per-channel quantization within half a step, sizes, unsupported layers named,
 and an exported model reloading to the same predictions."""
 
+import builtins
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -8,6 +10,7 @@ import pytest
 
 from kdjax.compress import (dequantize, dequantize_params, export_model, load_exported, quantize, quantize_params,
                             size_bytes)
+from kdjax import compress
 from kdjax.models import apply_model, create_model, split_model
 
 
@@ -98,3 +101,130 @@ def test_pruned_weights_stay_zero_through_momentum_and_weight_decay_and_the_sche
   assert 0.0 < seen[4] < 0.8  # part way through the cubic ramp
   with pytest.raises(ValueError, match="start_step <= end_step"):
     pruning(optax.sgd(0.1), final_sparsity=0.5, start_step=5, end_step=2)
+
+
+def test_masks_drop_ties_in_position_order_like_a_stable_sort():
+  from kdjax.compress import magnitude_masks
+  rng = np.random.default_rng(0)
+  w = {"a": {"kernel": rng.integers(-3, 4, (9, 7)).astype(np.float32)},  # many ties, zeros among them
+       "b": {"kernel": rng.integers(-3, 4, (7, 5)).astype(np.float32) / 4}}
+  flat = np.concatenate([np.abs(w["a"]["kernel"]).ravel(), np.abs(w["b"]["kernel"]).ravel()])
+  for s in (0.0, 0.1, 0.37, 0.5, 0.9, 0.99):
+    expected = np.ones(flat.size, bool)
+    expected[np.argsort(flat, kind="stable")[:int(np.floor(s * flat.size))]] = False
+    for masks in (magnitude_masks(w, s), jax.jit(lambda s: magnitude_masks(w, s))(jnp.float32(s))):
+      got = np.concatenate([np.asarray(masks["a"]["kernel"]).ravel(), np.asarray(masks["b"]["kernel"]).ravel()])
+      np.testing.assert_array_equal(got, expected, err_msg=f"sparsity {s}")
+
+
+def test_fake_quantization_computes_with_the_int8_weights_and_passes_gradients_straight_through():
+  from kdjax.compress import fake_quantize
+  _, params, _ = split_model(create_model("mlp100", num_classes=10, input_shape=(28, 28, 1), seed=0))
+  jax.tree.map(np.testing.assert_array_equal, fake_quantize(params), dequantize_params(quantize_params(params)))
+  cot = jax.tree.map(lambda a: jax.random.normal(jax.random.key(a.size), a.shape), params)
+  grads = jax.grad(lambda p: sum(jnp.sum(a * c) for a, c in zip(jax.tree.leaves(fake_quantize(p)),
+                                                                 jax.tree.leaves(cot))))(params)
+  jax.tree.map(lambda g, c: np.testing.assert_allclose(g, c, rtol=1e-6), grads, cot)  # the identity's gradient
+
+
+def test_sparse_storage_round_trips_and_takes_a_bit_per_weight_plus_the_nonzeros():
+  from kdjax.compress import magnitude_masks, pack_sparse, unpack_sparse
+  _, params, _ = split_model(create_model("mlp100", num_classes=10, input_shape=(28, 28, 1), seed=0))
+  pruned = jax.tree.map(lambda w, m: w * m, params, magnitude_masks(params, 0.9))
+  for tree in (pruned, quantize_params(pruned)):
+    packed = pack_sparse(tree)
+    jax.tree.map(np.testing.assert_array_equal, unpack_sparse(packed), jax.tree.map(np.asarray, tree))
+    dense = [np.asarray(a) for a in jax.tree.leaves(tree)]
+    expected = sum(-(-a.size // 8) + int((a != 0).sum()) * a.itemsize + 4 * a.ndim if a.ndim >= 2 else a.nbytes
+                   for a in dense)
+    assert size_bytes(packed) == expected < 0.6 * size_bytes(tree)
+
+
+def test_a_run_pruned_and_trained_for_int8_reports_its_int8_accuracy_and_restores(small_mnist, tmp_path):
+  import dataclasses
+
+  from kdjax.compress import sparsity_of
+  from kdjax.config import TrainConfig
+  from kdjax.train import evaluate, make_eval_step, restore_trained, train_student
+  data = dataclasses.replace(small_mnist, train_images=small_mnist.train_images[:600],
+                             train_labels=small_mnist.train_labels[:600])
+  cfg = TrainConfig(model="mlp100", epochs=2, batch_size=100, learning_rate=0.1, fake_quant=True, prune_sparsity=0.75,
+                    prune_start=0, prune_end=1, prune_every=2)
+  r = train_student(data, cfg, progress=False, checkpoint_dir=tmp_path)
+  n = sum(a.size for a in jax.tree.leaves(r.params) if a.ndim == 2)
+  assert sparsity_of(r.params) == np.floor(0.75 * n) / n  # exactly the schedule's end, kept to the last step
+  int8 = evaluate(make_eval_step(r.graphdef), dequantize_params(quantize_params(r.params)), r.rest,
+                  data.test_images, data.test_labels)
+  assert r.test["errors"] == int8["errors"]  # what the run reports is the int8 model's accuracy
+  again = restore_trained(tmp_path, cfg, data)  # the masks are in the optimizer state of the checkpoint
+  jax.tree.map(np.testing.assert_array_equal, again.params, r.params)
+  with pytest.raises(ValueError, match=r"prune_start <= prune_end <= epochs \(2\)"):
+    train_student(data, dataclasses.replace(cfg, prune_end=3), progress=False)
+  with pytest.raises(ValueError, match=r"prune_sparsity: sparsity must lie in \[0, 1\)"):
+    train_student(data, dataclasses.replace(cfg, prune_sparsity=1.0), progress=False)
+  from kdjax.train.online import train_online
+  with pytest.raises(ValueError, match="online cohorts do not prune or fake-quantize"):
+    train_online(data, cfg, progress=False)
+
+
+# --- TFLite export (optional extra: the round trips run where TensorFlow is installed) -------------
+
+def _tflite_model(name, input_shape):
+  return split_model(create_model(name, num_classes=10, input_shape=input_shape, seed=0))
+
+
+def test_tflite_unknown_input_shape_is_an_error_before_tensorflow_is_needed():
+  graphdef, params, rest = _tflite_model("mlp100", (28, 28, 1))
+  for shape in (None, (), (28, None, 1), (28, 0, 1), (-1, 28, 1)):
+    with pytest.raises(ValueError, match="input shape"):
+      compress.export_tflite(graphdef, params, rest, shape)
+  with pytest.raises(ValueError, match="batch_size"):
+    compress.export_tflite(graphdef, params, rest, (28, 28, 1), batch_size=0)
+
+
+def test_tflite_without_tensorflow_names_the_install(monkeypatch):
+  real_import = builtins.__import__
+
+  def no_tf(name, *args, **kwargs):
+    if name == "tensorflow" or name.startswith("tensorflow.") or name == "jax.experimental.jax2tf":
+      raise ImportError(f"No module named {name!r}")
+    return real_import(name, *args, **kwargs)
+
+  monkeypatch.setattr(builtins, "__import__", no_tf)
+  graphdef, params, rest = _tflite_model("mlp100", (28, 28, 1))
+  with pytest.raises(ImportError, match=r"pip install 'kdjax\[tflite\]'"):
+    compress.export_tflite(graphdef, params, rest, (28, 28, 1))
+
+
+@pytest.mark.parametrize("name,input_shape", [("mlp100", (28, 28, 1)), ("cnn16", (32, 32, 3))])
+@pytest.mark.parametrize("batch_size", [None, 4])
+def test_tflite_round_trip_matches_apply_model(name, input_shape, batch_size):
+  pytest.importorskip("tensorflow")
+  graphdef, params, rest = _tflite_model(name, input_shape)
+  x = np.random.default_rng(0).random((4, *input_shape), dtype=np.float32)
+  want = np.asarray(apply_model(graphdef, params, rest, x, train=False)[0])
+
+  run = compress.load_tflite(compress.export_tflite(graphdef, params, rest, input_shape,
+                                                              batch_size=batch_size))
+  got = run(x)
+  assert got.shape == want.shape and got.dtype == np.float32
+  np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+  np.testing.assert_array_equal(got.argmax(-1), want.argmax(-1))
+  if batch_size is None:  # any batch size, the interpreter resized back and forth
+    np.testing.assert_allclose(run(x[:1]), want[:1], rtol=1e-4, atol=1e-4 * np.abs(want).max())
+    np.testing.assert_allclose(run(x), want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+  else:
+    with pytest.raises(ValueError, match="takes inputs of shape"):
+      run(x[:1])
+
+
+def test_tflite_dynamic_range_int8_is_smaller_and_keeps_predictions():
+  pytest.importorskip("tensorflow")
+  graphdef, params, rest = _tflite_model("mlp100", (28, 28, 1))
+  x = np.random.default_rng(1).random((16, 28, 28, 1), dtype=np.float32)
+  want = np.asarray(apply_model(graphdef, params, rest, x, train=False)[0])
+  full = compress.export_tflite(graphdef, params, rest, (28, 28, 1))
+  small = compress.export_tflite(graphdef, params, rest, (28, 28, 1), quantize_weights=True)
+  assert len(small) < len(full) / 3
+  got = compress.load_tflite(small)(x)
+  np.testing.assert_allclose(got, want, atol=0.05 * np.abs(want).max())

@@ -120,3 +120,35 @@ def test_domain_transfer_names_a_target_of_another_shape_before_training(tmp_pat
     _load("domain_transfer").main([*QUICK, "--target", f"idx:{tmp_path}", "--workdir", str(tmp_path / "w")])
   with pytest.raises(SystemExit, match="unknown dataset 'blur:3'"):
     _load("domain_transfer").main([*QUICK, "--target", "blur:3", "--workdir", str(tmp_path / "w")])
+
+
+@pytest.mark.slow  # 15 s on 2 cores: every model is attacked; the parts are tested in test_adversarial.py
+def test_robustness_compares_kd_and_ard_and_plots_accuracy_against_eps(tmp_path):
+  _load("robustness").main([*QUICK, "--rows", "kd,ard_robust", "--eps", "0,0.1", "--pgd-steps", "2",
+                            "--train-steps", "1", "--workdir", str(tmp_path)])
+  out = tmp_path / "robustness"
+  results = json.loads((out / "results.json").read_text())
+  assert list(results["rows"]) == ["teacher", "robust teacher", "kd", "ard_robust"]
+  for (run,) in results["rows"].values():
+    assert run["pgd 0"] == run["clean"] and run["pgd 0.1"] <= run["clean"]
+  assert (out / "accuracy_vs_eps.png").stat().st_size > 1000
+  assert "| student, ARD from the robust teacher `mlp800` |" in (out / "table.md").read_text()
+
+
+@pytest.mark.slow  # 12 s on 2 cores; the parts are tested in test_compress.py
+def test_compress_distils_prunes_quantizes_and_exports(tmp_path):
+  _load("compress").main([*QUICK, "--epochs", "2", "--prune-start", "0", "--prune-end", "1", "--sparsity", "0.8",
+                          "--workdir", str(tmp_path)])
+  rows = json.loads((tmp_path / "compress" / "results.json").read_text())["rows"]
+  (aware,), (exported,), (pruned,) = rows["pruned, int8-aware"], rows["exported"], rows["pruned"]
+  assert exported["accuracy"] == aware["accuracy"]  # the reloaded StableHLO predicts as the int8 model
+  assert pruned["stored_bytes"] < 0.6 * pruned["dense_bytes"] and aware["stored_bytes"] < pruned["stored_bytes"]
+  assert (tmp_path / "compress" / "student_seed0.stablehlo").exists()
+
+
+def test_robustness_and_compress_refuse_bad_settings_before_training(tmp_path):
+  with pytest.raises(SystemExit, match="epsilon must be a finite number >= 0"):
+    _load("robustness").main([*QUICK, "--eps", "0,-0.1", "--workdir", str(tmp_path)])
+  with pytest.raises(SystemExit, match=r"sparsity must lie in \[0, 1\)"):
+    _load("compress").main([*QUICK, "--sparsity", "1.0", "--workdir", str(tmp_path)])
+  assert not (tmp_path / "robustness").exists() and not (tmp_path / "compress").exists()

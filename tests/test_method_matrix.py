@@ -31,7 +31,9 @@ NEEDS_MAPS = {"at", "nst", "vid", "ft", "ab", "fsp", "reviewkd"}
 NEEDS_UNLABELLED = {"domain_kd"}
 # Small-data settings: CRD's memory bank draws its negatives from the 32 training examples.
 SMOKE_HPARAMS = {"hinton": dict(alpha=0.5, temperature=4.0), "dkd": dict(warmup_steps=2), "crd": dict(nce_k=16), "crd_queue": dict(queue_size=16),
-                 "byot": dict(num_classes=10)}
+                 "byot": dict(num_classes=10),
+                 # one PGD step: the attack is traced on every family, cheaply (both parts must attack alike)
+                 "ard": dict(steps=1), "adversarial_training": dict(steps=1)}
 
 
 def test_every_family_has_a_smoke_model():

@@ -42,12 +42,13 @@ FEATURE_METHODS = ["at", "nst", "sp", "rkd", "pkt", "cc", "fitnet", "crd", "crd_
                    "vid", "ft", "ab", "fsp"]
 SELF_METHODS = ["tf_kd", "byot"]  # no teacher: tested in test_self_kd.py
 DOMAIN_METHODS = ["domain_kd"]  # needs unlabelled target-domain images in the batch: tested in test_domain.py
+ADVERSARIAL_METHODS = ["ard", "adversarial_training"]  # the step attacks the student: tested in test_adversarial.py
 
 
 def test_every_method_is_covered_here_and_names_its_paper():
   from kdjax.methods import PAPERS
   assert set(method_names()) == {"supervised", *LOGIT_METHODS, *FEATURE_METHODS, *SELF_METHODS,
-                                *DOMAIN_METHODS} == set(PAPERS)
+                                *DOMAIN_METHODS, *ADVERSARIAL_METHODS} == set(PAPERS)
 
 
 # Standardization is one shared code path: two methods check it with the rest.

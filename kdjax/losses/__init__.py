@@ -43,7 +43,7 @@ from kdjax.losses.logit import (
 from kdjax.losses.online import mutual_kl, online_kd_loss
 from kdjax.losses.review import hcl_level_loss, hcl_loss
 from kdjax.losses.self_kd import tf_kd_reg_loss, virtual_teacher_probs
-from kdjax.losses.validate import check_alpha, check_temperature
+from kdjax.losses.validate import check_alpha, check_epsilon, check_pgd, check_temperature
 
 __all__ = [
     "contrast_loss",
@@ -74,6 +74,8 @@ __all__ = [
     "similarity_preserving_loss",
     "vid_loss",
     "check_alpha",
+    "check_epsilon",
+    "check_pgd",
     "check_temperature",
     "dist_loss",
     "dkd_loss",

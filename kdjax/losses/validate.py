@@ -23,3 +23,28 @@ def check_temperature(temperature) -> None:
 def check_alpha(alpha) -> None:
   if _concrete(alpha) and not (0.0 <= alpha <= 1.0):
     raise ValueError(f"alpha (weight of the hard-label term) must lie in [0, 1], got {alpha!r}")
+
+
+def _traced(x) -> bool:
+  """An array (e.g. a strength traced under ``jit``): checked by whoever made it, not here."""
+  return hasattr(x, "shape") and hasattr(x, "dtype")
+
+
+def check_epsilon(eps) -> None:
+  """An L∞ attack budget, in pixel units of ``[0, 1]``."""
+  if not _traced(eps) and not (_concrete(eps) and math.isfinite(eps) and eps >= 0):
+    raise ValueError(f"the attack budget epsilon must be a finite number >= 0 (in pixel units of [0, 1]), got {eps!r}")
+
+
+def check_pgd(eps, steps, step_size) -> float:
+  """Checks a PGD attack's budget, step count and step size; returns the step size
+  (``None``: ``2.5·ε/steps``, Madry et al.'s choice)."""
+  check_epsilon(eps)
+  if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+    raise ValueError(f"PGD needs steps >= 1, got {steps!r}")
+  step_size = 2.5 * eps / steps if step_size is None else step_size
+  if _traced(eps) or _traced(step_size) or eps == 0:
+    return step_size
+  if not (_concrete(step_size) and math.isfinite(step_size) and step_size > 0):
+    raise ValueError(f"PGD's step_size must be > 0, got {step_size!r}")
+  return step_size

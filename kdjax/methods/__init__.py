@@ -8,6 +8,8 @@ them by name.
 
 from __future__ import annotations
 
+from kdjax.methods.adversarial import METHODS as _ADVERSARIAL
+from kdjax.methods.adversarial import Adversary, adversarial_training, ard
 from kdjax.methods.base import Method, as_method, call_method, init_method, pick_feature
 from kdjax.methods.combine import combine
 from kdjax.methods.contrastive import METHODS as _CONTRASTIVE
@@ -25,7 +27,7 @@ from kdjax.methods.review import reviewkd
 from kdjax.methods.self_kd import METHODS as _SELF_KD
 from kdjax.methods.self_kd import byot, tf_kd
 
-_METHODS = {**_LOGIT, **_FEATURE, **_CONTRASTIVE, **_REVIEW, **_SELF_KD, **_DOMAIN}
+_METHODS = {**_LOGIT, **_FEATURE, **_CONTRASTIVE, **_REVIEW, **_SELF_KD, **_DOMAIN, **_ADVERSARIAL}
 
 
 # Where each method comes from, in a few words (the README's method table has the titles).
@@ -41,6 +43,8 @@ PAPERS = {
     "crd_inbatch": "CRD with in-batch negatives", "reviewkd": "Chen et al. 2021 (ReviewKD)",
     "tf_kd": "Yuan et al. 2020 (Tf-KD, virtual teacher)", "byot": "Zhang et al. 2019 (BYOT, self-distillation)",
     "domain_kd": "KD + alignment to an unlabelled domain (DAN MMD, Deep CORAL, DANN)",
+    "adversarial_training": "Madry et al. 2018 (PGD adversarial training), no teacher",
+    "ard": "Goldblum et al. 2020 (ARD, adversarially robust distillation)",
 }
 
 
@@ -62,3 +66,4 @@ __all__ += ["crd", "crd_inbatch", "crd_queue", "reviewkd"]
 __all__ += ["multi_teacher_kd", "per_teacher", "teacher_weights"]
 __all__ += ["byot", "tf_kd"]
 __all__ += ["domain_kd", "grad_reverse"]
+__all__ += ["Adversary", "adversarial_training", "ard"]

@@ -48,5 +48,12 @@ def combine(parts: dict[str, tuple[float, Method]]) -> Method:
   if len(multi) > 1:
     raise ValueError("combine: some parts take one teacher and some several; wrap the single-teacher parts "
                      "in kdjax.methods.per_teacher")
+  # An adversarial part (kdjax.methods.adversarial) makes the step attack the student once for all parts.
+  adversaries = {m.adversary for _, m in parts.values() if getattr(m, "adversary", None) is not None}
+  if len(adversaries) > 1:
+    raise ValueError(f"combine: the parts attack the student in different ways ({sorted(adversaries)}); "
+                     "give every adversarial part the same eps, steps and step_size")
+  if adversaries:
+    method.adversary = adversaries.pop()
   return as_method(method, needs_teacher=any(getattr(m, "needs_teacher", False) for _, m in parts.values()),
                    multi_teacher=multi == {True})

@@ -113,6 +113,8 @@ def _routed(name: str, m: Method) -> Method:
     method.init = lambda key, s_shapes, t_shapes: m.init(key, s_shapes, t_shapes[name])
   if hasattr(m, "init_state"):
     method.init_state = lambda key, s_shapes, t_shapes, n: m.init_state(key, s_shapes, t_shapes[name], n)
+  if getattr(m, "adversary", None) is not None:  # ARD from each teacher: combine attacks once for all
+    method.adversary = m.adversary
   return as_method(method, needs_teacher=True)
 
 

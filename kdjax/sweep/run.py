@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from kdjax.config import StudyConfig, TrainConfig
+from kdjax.config import StudyConfig, TrainConfig, refuse_compression
 from kdjax.data import ArrayDataset, load_dataset
 from kdjax.methods import make_method
 from kdjax.study import check_models_fit_data, environment, subset_data
@@ -87,6 +87,7 @@ def run_sweep(base: StudyConfig, grid_items: list[str], *, out_dir: str | Path, 
   data.require_plain_images("sweeps")  # before any teacher trains
   for cfg in dict.fromkeys(r.cfg for r in runs):  # every teacher and student of the grid takes this data
     check_models_fit_data(cfg, data)
+    refuse_compression(cfg.distilled, "sweeps")
   out_dir = Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
   store = out_dir / "results.jsonl"

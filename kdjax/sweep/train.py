@@ -21,6 +21,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from kdjax.config import refuse_compression
 from kdjax.data.augment import augment
 from kdjax.data.dataset import ArrayDataset
 from kdjax.methods import init_method, make_method
@@ -131,6 +132,7 @@ def train_group(data: ArrayDataset, runs: Sequence[Run], teacher: TrainedModel |
   data.require_plain_images("sweeps")
   first = runs[0]
   cfg = first.cfg.distilled
+  refuse_compression(cfg, "sweeps")
   k_students = len(runs)
   traced = traced_hparams(first.method, first.hparams)
   static = {k: v for k, v in first.hparams if k not in traced}

@@ -9,7 +9,8 @@ from typing import Any
 
 import jax
 
-from kdjax.config import TrainConfig, check_teacher_cache
+from kdjax.compress import pruning
+from kdjax.config import TrainConfig, check_compression, check_teacher_cache
 from kdjax.data.dataset import ArrayDataset
 from kdjax.methods import Method, hinton_kd, init_method, multi_teacher_kd, supervised
 from kdjax.models import create_model, feature_shapes, split_model
@@ -70,6 +71,10 @@ def _initial_state(data: ArrayDataset, cfg: TrainConfig, method: Method, *, seed
   tx = make_optimizer(cfg.optimizer, learning_rate=cfg.learning_rate, total_steps=cfg.epochs * per_epoch,
                       momentum=cfg.momentum, weight_decay=cfg.weight_decay, schedule=cfg.schedule,
                       decay_epochs=cfg.decay_epochs, steps_per_epoch=per_epoch)
+  check_compression(cfg)
+  if cfg.prune_sparsity:  # the masks live in the optimizer state, so in every checkpoint
+    tx = pruning(tx, final_sparsity=cfg.prune_sparsity, start_step=cfg.prune_start * per_epoch,
+                 end_step=cfg.prune_end * per_epoch, every=cfg.prune_every, scope=cfg.prune_scope)
   key = jax.random.key(seed)
   s_shapes = feature_shapes(graphdef, params, rest, data.image_shape)
   # The method's learnable parts and state, sized from the feature shapes before any data is seen.
@@ -115,6 +120,8 @@ def _train(data: ArrayDataset, cfg: TrainConfig, method: Method, *, seed: int, d
   if ema_decay is not None and data.teacher_train_images is not None:
     raise ValueError("a mean teacher is the student's own average and sees the student's images: give data "
                      "without teacher_train_images")
+  if getattr(method, "adversary", None) is not None and data.is_text:
+    raise ValueError("adversarial methods perturb pixels within an L∞ ball: they take image data, not token ids")
   cached = cfg.teacher_cache != "off"
   if cached and (isinstance(t_graphdef, dict) or t_graphdef is None):
     raise ValueError("teacher_cache caches one fixed teacher's outputs: give one teacher (not several, not the "
@@ -125,7 +132,8 @@ def _train(data: ArrayDataset, cfg: TrainConfig, method: Method, *, seed: int, d
                                        ema=ema_decay is not None)
   train_step = make_train_step(graphdef, tx, method, jitter_pixels=cfg.jitter, hflip=cfg.hflip,
                                teacher_graphdef=None if cached else t_graphdef, ema_decay=ema_decay,
-                               precision=cfg.precision, steps_per_call=cfg.steps_per_call, cached_teacher=cached)
+                               precision=cfg.precision, steps_per_call=cfg.steps_per_call, cached_teacher=cached,
+                               fake_quant=cfg.fake_quant)
   teacher_cache = None
   if cached:  # offline KD: the teacher's outputs on the training images, once
     teacher_cache = cached_teacher_outputs(
@@ -141,7 +149,7 @@ def _train(data: ArrayDataset, cfg: TrainConfig, method: Method, *, seed: int, d
       check_saved_vocab(vocab_file, data.vocab)
     elif jax.process_index() == 0:
       save_vocab(vocab_file, data.vocab)  # the ids' words, beside the weights
-  result = fit(state, train_step, make_eval_step(graphdef), data, epochs=cfg.epochs,
+  result = fit(state, train_step, make_eval_step(graphdef, fake_quant=cfg.fake_quant), data, epochs=cfg.epochs,
                batch_size=cfg.batch_size, teacher_vars=t_vars, seed=seed, desc=desc, log_path=log_path,
                log_fields=log_fields, progress=progress, steps_per_call=cfg.steps_per_call,
                teacher_cache=teacher_cache, mesh=mesh, checkpointing=checkpointing)

@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from kdjax.config import TrainConfig
+from kdjax.config import TrainConfig, refuse_compression
 from kdjax.data.augment import augment, padded_batches, to_float
 from kdjax.data.dataset import ArrayDataset
 from kdjax.losses.online import online_kd_loss
@@ -293,6 +293,7 @@ def train_online(data: ArrayDataset, cfg: TrainConfig, *, num_students: int = 2,
   """
   check_online(num_students, rule, distill_weight, temperature, burn_in_steps)
   data.require_plain_images("online cohorts")
+  refuse_compression(cfg, "online cohorts")
   graphdef, params, rest = create_students(cfg.model, num_classes=data.num_classes, input_shape=data.image_shape,
                                            seeds=student_seeds(seed, num_students), **cfg.model_options())
   per_epoch = steps_per_epoch(len(data.train_labels), cfg.batch_size)

@@ -15,9 +15,11 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from kdjax.compress import fake_quantize
 from kdjax.data.augment import augment, padded_batches, to_float
 from kdjax.methods import Method, call_method
 from kdjax.models.functional import apply_model, compute_dtype
+from kdjax.robustness import pgd
 from kdjax.train.state import TrainState, trainables
 from kdjax.train.teachers import run_teachers, teacher_groups
 
@@ -29,7 +31,7 @@ def teacher_variables(params, rest) -> dict[str, Any]:
 
 def update_student(graphdef, tx: optax.GradientTransformation, method: Method, state: TrainState, teacher, x,
                    batch, *, rng, k_drop, k_method, lr_scale=None, ema_update=None, dtype=None,
-                   x_u=None, teacher_u=None) -> tuple[TrainState, dict]:
+                   x_u=None, teacher_u=None, fake_quant: bool = False) -> tuple[TrainState, dict]:
   """One optimizer step of the student and the method's own parts on the augmented images ``x``,
   given the teacher's outputs: the body every train step shares (:func:`make_train_step`, and
   the sweep's vmapped step, which runs it once per student).
@@ -45,16 +47,38 @@ def update_student(graphdef, tx: optax.GradientTransformation, method: Method, s
   student runs on ``x`` and ``x_u`` as one batch (batch statistics over both), and the method
   finds its outputs on them in ``batch["unlabelled_student"]`` and the teacher's (``teacher_u``)
   in ``batch["unlabelled_teacher"]``; loss, accuracy and the method's main inputs stay ``x``'s.
+
+  A method with an ``adversary`` (:mod:`kdjax.methods.adversarial`) gets PGD examples of ``x``
+  against the student before this update (inference mode, cross-entropy on the labels, no gradient
+  through the attack; its random start drawn from ``k_method``); the student runs on them in the same
+  batch as ``x`` and the method finds its outputs on them in ``batch["adversarial_student"]``.
+
+  ``fake_quant`` runs the student with its kernels and embeddings rounded to int8 per output
+  channel in the forward pass and straight-through gradients to the float weights
+  (:func:`kdjax.compress.fake_quantize`): quantization-aware training.
   """
   b = x.shape[0]
+  as_run = fake_quantize if fake_quant else (lambda p: p)  # the weights the student computes with
+  x_adv = None
+  adversary = getattr(method, "adversary", None)
+  if adversary is not None:
+    def student_logits(z):
+      return apply_model(graphdef, as_run(state.params), state.rest, z, train=False, dtype=dtype)[0]
+    x_adv = jax.lax.stop_gradient(pgd(student_logits, jax.random.fold_in(k_method, 1 << 20), x, batch["label"],
+                                      adversary.eps, steps=adversary.steps, step_size=adversary.step_size))
 
   def loss_fn(trainable):
-    inputs = x if x_u is None else jnp.concatenate([x, x_u])
-    logits, feats, new_rest = apply_model(graphdef, trainable["student"], state.rest, inputs, train=True,
+    groups = {name: v for name, v in (("unlabelled_student", x_u), ("adversarial_student", x_adv)) if v is not None}
+    inputs = jnp.concatenate([x, *groups.values()]) if groups else x
+    logits, feats, new_rest = apply_model(graphdef, as_run(trainable["student"]), state.rest, inputs, train=True,
                                           rngs=k_drop, dtype=dtype)
-    extra = {}
+    extra, start = {}, b
+    for name, v in groups.items():  # each group's outputs, in the order they were concatenated
+      extra[name] = jax.tree.map(lambda a, start=start, n=v.shape[0]: a[start:start + n], (logits, feats))
+      start += v.shape[0]
     if x_u is not None:
-      extra = {"unlabelled_student": jax.tree.map(lambda a: a[b:], (logits, feats)), "unlabelled_teacher": teacher_u}
+      extra["unlabelled_teacher"] = teacher_u
+    if groups:
       logits, feats = jax.tree.map(lambda a: a[:b], (logits, feats))
     loss_B, terms, method_state = call_method(method, logits, feats, teacher,
                                               {**batch, **extra, "step": state.step, "key": k_method},
@@ -95,7 +119,7 @@ def update_student(graphdef, tx: optax.GradientTransformation, method: Method, s
 def make_train_step(graphdef, tx: optax.GradientTransformation, method: Method, *,
                     teacher_graphdef=None, jitter_pixels: int = 0, hflip: bool = False,
                     ema_decay: float | None = None, precision: str = "fp32", steps_per_call: int = 1,
-                    cached_teacher: bool = False) -> Callable:
+                    cached_teacher: bool = False, fake_quant: bool = False) -> Callable:
   """Builds the jitted student step for ``method``.
 
   The method's own learnable parts (``state.method_params``) are differentiated
@@ -126,6 +150,11 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, method: Method, 
     teacher, which changes with every step). After a non-finite step the rest of the stack leaves
     the state as it was, so the state returned is the last good one.
   - The state is donated to the step (its buffers are reused for the new state).
+
+  ``fake_quant=True`` trains the student as its int8 version would compute (quantization-aware
+  training or distillation, see :func:`update_student`); evaluate it with
+  ``make_eval_step(graphdef, fake_quant=True)``, and store it with
+  :func:`kdjax.compress.quantize_params`.
 
   Returns ``step(state, teacher_vars, batch) -> (state, metrics)``, jitted with
   the state donated; ``batch`` holds ``"image"``, ``"label"`` and, for methods with a memory bank,
@@ -184,7 +213,7 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, method: Method, 
     batch = {k: v for k, v in batch.items() if k not in ("unlabelled", "teacher_image")}
     return update_student(graphdef, tx, method, state, teacher, x, batch, rng=rng, k_drop=k_drop,
                           k_method=k_method, ema_update=ema_update if ema_decay is not None else None,
-                          dtype=dtype, x_u=x_u, teacher_u=teacher_u)
+                          dtype=dtype, x_u=x_u, teacher_u=teacher_u, fake_quant=fake_quant)
 
   def views(k_aug, batch):
     """The student's augmented images, the teacher's (its own images of the same examples where
@@ -270,10 +299,13 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, method: Method, 
   return jax.jit(one_step if steps_per_call == 1 else stacked_steps, donate_argnums=0)
 
 
-def make_eval_step(graphdef) -> Callable:
-  """Jitted ``eval_step(params, rest, images_uint8, labels, mask) -> (correct, loss_sum)``."""
+def make_eval_step(graphdef, *, fake_quant: bool = False) -> Callable:
+  """Jitted ``eval_step(params, rest, images_uint8, labels, mask) -> (correct, loss_sum)``; with
+  ``fake_quant``, of the model with its weights rounded to int8 (what
+  :func:`kdjax.compress.quantize_params` stores)."""
 
   def eval_step(params, rest, images, labels, mask):
+    params = fake_quantize(params) if fake_quant else params
     logits, _, _ = apply_model(graphdef, params, rest, to_float(images), train=False)
     logits = logits.astype(jnp.float32)
     correct = jnp.sum((jnp.argmax(logits, -1) == labels) & mask)
