@@ -307,7 +307,8 @@ def export_tflite(graphdef, params, rest, input_shape: Sequence[int] | None, *, 
   convolutions): about 4x smaller, logits no longer exactly those of the float model.
   """
   input_shape = _check_input_shape(input_shape)
-  if batch_size is not None and not (isinstance(batch_size, int) and batch_size >= 1):
+  if batch_size is not None and not (isinstance(batch_size, int) and not isinstance(batch_size, bool)
+                                     and batch_size >= 1):
     raise ValueError(f"batch_size must be None (any batch size) or a positive int, got {batch_size!r}")
   tf, jax2tf = _import_tf()
 

@@ -36,7 +36,9 @@ class TrainConfig:
   # Compression while training (kdjax.compress): int8 fake quantization of the weights in the forward
   # pass with straight-through gradients (quantization-aware training/distillation; evaluated as int8),
   # and magnitude pruning to prune_sparsity (0 = off) along Zhu & Gupta's cubic schedule from epoch
-  # prune_start to epoch prune_end (equal: one shot), the masks recomputed every prune_every steps.
+  # prune_start to epoch prune_end (equal: one shot; both 0: the initial weights are pruned before the
+  # first step), the masks recomputed every prune_every steps. A fake_quant run's params stay the float
+  # weights it trains; its test accuracy is the int8 model's, which kdjax.compress.quantize_params stores.
   fake_quant: bool = False
   prune_sparsity: float = 0.0
   prune_start: int = 0
@@ -125,6 +127,9 @@ def check_compression(run: TrainConfig, role: str = "run") -> None:
   except ValueError as e:
     raise ValueError(f"{role}.prune_sparsity: {e}") from None
   if run.prune_sparsity:
+    for field in ("prune_start", "prune_end", "prune_every"):
+      if not isinstance(getattr(run, field), int) or isinstance(getattr(run, field), bool):
+        raise ValueError(f"{role}.{field} must be an integer, got {getattr(run, field)!r}")
     if not 0 <= run.prune_start <= run.prune_end <= run.epochs:
       raise ValueError(f"{role}: pruning needs 0 <= prune_start <= prune_end <= epochs ({run.epochs}), got "
                        f"prune_start {run.prune_start}, prune_end {run.prune_end}")

@@ -68,7 +68,7 @@ def pgd(logits_fn: LogitsFn, key: jax.Array, x: jax.Array, labels: jax.Array, ep
 
 def gaussian_noise(key: jax.Array, x: jax.Array, sigma: float) -> jax.Array:
   """``x`` plus Gaussian noise of standard deviation ``sigma``, clipped to ``[0, 1]``."""
-  if not isinstance(sigma, jax.Array) and not sigma >= 0:
+  if not isinstance(sigma, jax.core.Tracer) and not sigma >= 0:
     raise ValueError(f"noise sigma must be >= 0, got {sigma!r}")
   return jnp.clip(x + sigma * jax.random.normal(key, x.shape, x.dtype), 0.0, 1.0)
 
@@ -86,7 +86,7 @@ def box_blur(x: jax.Array, size: int) -> jax.Array:
 
 def contrast(x: jax.Array, factor: float) -> jax.Array:
   """Contrast scaled by ``factor`` around each image's mean (``factor < 1`` lowers it)."""
-  if not isinstance(factor, jax.Array) and not factor >= 0:
+  if not isinstance(factor, jax.core.Tracer) and not factor >= 0:
     raise ValueError(f"contrast factor must be >= 0, got {factor!r}")
   mean = x.mean(axis=(1, 2, 3), keepdims=True)
   return jnp.clip(mean + factor * (x - mean), 0.0, 1.0)
@@ -141,14 +141,19 @@ def robustness_report(graphdef, params, rest, images, labels, *, noise: Sequence
   acc, "blur 3": acc, ..., "fgsm ε": acc, "pgd ε": acc}`` (images uint8, labels int). Each kind of
   perturbation is one jitted program over fixed-size padded batches, shared by every strength and by
   every model of the same architecture; random draws come from ``seed``."""
-  for eps in (*fgsm_eps, *pgd_eps):
+  for eps in fgsm_eps:
+    check_epsilon(eps)
+  for eps in pgd_eps:
     check_pgd(eps, pgd_steps, None)
+  probe = jnp.zeros((1, 1, 1, 1))
   for s in noise:
-    gaussian_noise(jax.random.key(0), jnp.zeros((1, 1, 1, 1)), s)  # checks sigma
+    gaussian_noise(jax.random.key(0), probe, s)  # checks sigma before anything runs
   corruptions = {k: v[1] for k, v in CORRUPTIONS.items()} if corruptions is None else corruptions
-  for name in corruptions:
+  for name, levels in corruptions.items():
     if name not in CORRUPTIONS:
       raise ValueError(f"unknown corruption {name!r}; known: {', '.join(CORRUPTIONS)}")
+    for level in levels:  # every level checked in Python, before the traced runs
+      CORRUPTIONS[name][0](jnp.zeros((1, 3, 3, 1)), level)
   batches = list(padded_batches(images, labels, min(batch_size, len(labels))))
 
   def accuracy_under(kind: str, level=0.0, static=None) -> float:

@@ -89,8 +89,11 @@ def test_combine_attacks_once_for_all_parts_and_refuses_two_attacks():
 
 
 def test_bad_attack_settings_and_text_data_are_errors():
-  with pytest.raises(ValueError, match="epsilon must be a finite number >= 0"):
-    ard(eps=-0.1)
+  for bad in (-0.1, np.float64(-0.1), np.float32("nan"), np.array([0.1, 0.2])):
+    with pytest.raises(ValueError, match="epsilon must be a finite number >= 0"):
+      ard(eps=bad)
+  with pytest.raises(ValueError, match="step_size must be > 0"):
+    ard(eps=0.1, step_size=np.float64(-0.01))
   with pytest.raises(ValueError, match="PGD needs steps >= 1"):
     adversarial_training(steps=0)
   with pytest.raises(ValueError, match="step_size must be > 0"):

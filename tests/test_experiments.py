@@ -84,6 +84,7 @@ def test_compare_variants_writes_a_report_with_both_accuracies(tmp_path, capsys)
   assert "6 runs trained, 0 found finished" in capsys.readouterr().out  # (1 + 2 variants) x 2 seeds
 
 
+@pytest.mark.slow  # 13 s on 2 cores; the teacher's checkpoint, vocabulary and restore are tested in test_transfer.py
 def test_text_distill_trains_saves_restores_and_distils(tmp_path):
   _load("text_distill").main([*QUICK, "--rows", "kd_lstm", "--workdir", str(tmp_path)])
   out = tmp_path / "text_distill"
@@ -95,6 +96,7 @@ def test_text_distill_trains_saves_restores_and_distils(tmp_path):
   assert set(rows) == {"kd_lstm"} and 0 <= rows["kd_lstm"][0]["accuracy"] <= 1
 
 
+@pytest.mark.slow  # 10 s on 2 cores; the alignment losses and the unlabelled batches are tested in test_domain.py and test_transfer.py
 def test_domain_transfer_aligns_and_distils_across_views(tmp_path):
   _load("domain_transfer").main([*QUICK, "--subset", "400", "--rows", "source_only,kd_mmd,view_kd",
                                  "--workdir", str(tmp_path)])

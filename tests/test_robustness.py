@@ -101,4 +101,8 @@ def test_report_on_a_trained_student(small_mnist):
   assert set(report) == {"clean", "noise 0.3", "blur 3", "fgsm 0", "fgsm 0.1", "pgd 0.1"}
   with pytest.raises(ValueError, match="unknown corruption 'fog'"):
     robustness_report(r.graphdef, r.params, r.rest, data.test_images, data.test_labels, corruptions={"fog": (1,)})
+  with pytest.raises(ValueError, match="contrast factor must be >= 0"):  # checked before the traced runs
+    robustness_report(r.graphdef, r.params, r.rest, data.test_images, data.test_labels, corruptions={"contrast": (-0.5,)})
+  with pytest.raises(ValueError, match="epsilon must be a finite number >= 0"):
+    robustness_report(r.graphdef, r.params, r.rest, data.test_images, data.test_labels, pgd_eps=np.array([0.1, -0.1]))
   assert model_logits(r.graphdef, r.params, r.rest)(jnp.zeros((1, 28, 28, 1))).shape == (1, 10)

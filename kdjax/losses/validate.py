@@ -26,13 +26,24 @@ def check_alpha(alpha) -> None:
 
 
 def _traced(x) -> bool:
-  """An array (e.g. a strength traced under ``jit``): checked by whoever made it, not here."""
-  return hasattr(x, "shape") and hasattr(x, "dtype")
+  """A value traced under ``jit`` or ``vmap`` (checked by whoever chose it, not here)."""
+  import jax
+  return isinstance(x, jax.core.Tracer)
+
+
+def _number(x):
+  """A NumPy or JAX scalar (or one-element array) as a Python float; anything else as it is."""
+  if hasattr(x, "shape") and hasattr(x, "dtype") and getattr(x, "size", 0) == 1 and not _traced(x):
+    return float(x)
+  return x
 
 
 def check_epsilon(eps) -> None:
   """An L∞ attack budget, in pixel units of ``[0, 1]``."""
-  if not _traced(eps) and not (_concrete(eps) and math.isfinite(eps) and eps >= 0):
+  if _traced(eps):
+    return
+  value = _number(eps)
+  if not (_concrete(value) and math.isfinite(value) and value >= 0):
     raise ValueError(f"the attack budget epsilon must be a finite number >= 0 (in pixel units of [0, 1]), got {eps!r}")
 
 
@@ -43,8 +54,9 @@ def check_pgd(eps, steps, step_size) -> float:
   if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
     raise ValueError(f"PGD needs steps >= 1, got {steps!r}")
   step_size = 2.5 * eps / steps if step_size is None else step_size
-  if _traced(eps) or _traced(step_size) or eps == 0:
+  if _traced(eps) or _traced(step_size) or _number(eps) == 0:
     return step_size
-  if not (_concrete(step_size) and math.isfinite(step_size) and step_size > 0):
+  value = _number(step_size)
+  if not (_concrete(value) and math.isfinite(value) and value > 0):
     raise ValueError(f"PGD's step_size must be > 0, got {step_size!r}")
   return step_size

@@ -35,7 +35,8 @@ class Adversary(NamedTuple):
 
 
 def make_adversary(eps: float, steps: int, step_size: float | None) -> Adversary:
-  return Adversary(float(eps), steps, float(check_pgd(eps, steps, step_size)))
+  step_size = check_pgd(eps, steps, step_size)
+  return Adversary(float(eps), steps, float(step_size))
 
 
 def adversarial_outputs(batch, name: str):

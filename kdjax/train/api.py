@@ -9,7 +9,7 @@ from typing import Any
 
 import jax
 
-from kdjax.compress import pruning
+from kdjax.compress import fake_quantize, pruning
 from kdjax.config import TrainConfig, check_compression, check_teacher_cache
 from kdjax.data.dataset import ArrayDataset
 from kdjax.methods import Method, hinton_kd, init_method, multi_teacher_kd, supervised
@@ -72,9 +72,13 @@ def _initial_state(data: ArrayDataset, cfg: TrainConfig, method: Method, *, seed
                       momentum=cfg.momentum, weight_decay=cfg.weight_decay, schedule=cfg.schedule,
                       decay_epochs=cfg.decay_epochs, steps_per_epoch=per_epoch)
   check_compression(cfg)
+  if cfg.fake_quant:  # a layer the quantizer does not know is an error now, not at the first step
+    jax.eval_shape(fake_quantize, params)
   if cfg.prune_sparsity:  # the masks live in the optimizer state, so in every checkpoint
-    tx = pruning(tx, final_sparsity=cfg.prune_sparsity, start_step=cfg.prune_start * per_epoch,
-                 end_step=cfg.prune_end * per_epoch, every=cfg.prune_every, scope=cfg.prune_scope)
+    # The last update is step total - 1: a schedule ending with the run reaches its sparsity there.
+    last = cfg.epochs * per_epoch - 1
+    tx = pruning(tx, final_sparsity=cfg.prune_sparsity, start_step=min(cfg.prune_start * per_epoch, last),
+                 end_step=min(cfg.prune_end * per_epoch, last), every=cfg.prune_every, scope=cfg.prune_scope)
   key = jax.random.key(seed)
   s_shapes = feature_shapes(graphdef, params, rest, data.image_shape)
   # The method's learnable parts and state, sized from the feature shapes before any data is seen.
@@ -98,6 +102,9 @@ def _identity(cfg: TrainConfig, data: ArrayDataset) -> dict[str, Any]:
   identity = {"model": cfg.model, "num_classes": data.num_classes, "input_shape": list(data.image_shape)}
   if data.is_text:
     identity["vocabulary"] = _vocabulary(data)
+  if cfg.fake_quant or cfg.prune_sparsity:  # resuming must not switch to another compression schedule
+    identity["compression"] = {k: getattr(cfg, k) for k in ("fake_quant", "prune_sparsity", "prune_start",
+                                                            "prune_end", "prune_every", "prune_scope")}
   return identity
 
 
