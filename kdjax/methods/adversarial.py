@@ -4,8 +4,9 @@ A method here carries ``method.adversary``, an :class:`Adversary` (L∞ budget `
 ``steps`` and ``step_size``). The train step (:func:`kdjax.train.steps.update_student`) then makes
 PGD examples of each batch against the student as it is before the update (inference mode,
 cross-entropy on the labels, random start, projected onto the ε-ball and ``[0, 1]``; no gradient
-flows through the attack), runs the student on the clean and adversarial images as one batch, and
-gives the method the adversarial outputs as ``batch["adversarial_student"] = (logits, feats)``.
+flows through the attack), runs the student on the adversarial images in a training-mode pass of
+their own after the clean one (their own batch statistics, as ARD's reference code), and gives the
+method the adversarial outputs as ``batch["adversarial_student"] = (logits, feats)``.
 The teacher sees the clean images only.
 
 - :func:`adversarial_training` (Madry et al. 2018): ``CE(s(x_adv), y)``; no teacher. Trains a

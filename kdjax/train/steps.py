@@ -50,8 +50,11 @@ def update_student(graphdef, tx: optax.GradientTransformation, method: Method, s
 
   A method with an ``adversary`` (:mod:`kdjax.methods.adversarial`) gets PGD examples of ``x``
   against the student before this update (inference mode, cross-entropy on the labels, no gradient
-  through the attack; its random start drawn from ``k_method``); the student runs on them in the same
-  batch as ``x`` and the method finds its outputs on them in ``batch["adversarial_student"]``.
+  through the attack; its random start drawn from ``k_method``); the student runs on them in a
+  training-mode pass of its own after the clean one (as ARD's reference code: a BatchNorm student
+  normalizes them with their own batch statistics, and its running statistics see both), and the
+  method finds its outputs on them in
+  ``batch["adversarial_student"]``.
 
   ``fake_quant`` runs the student with its kernels and embeddings rounded to int8 per output
   channel in the forward pass and straight-through gradients to the float weights
@@ -68,18 +71,17 @@ def update_student(graphdef, tx: optax.GradientTransformation, method: Method, s
                                       adversary.eps, steps=adversary.steps, step_size=adversary.step_size))
 
   def loss_fn(trainable):
-    groups = {name: v for name, v in (("unlabelled_student", x_u), ("adversarial_student", x_adv)) if v is not None}
-    inputs = jnp.concatenate([x, *groups.values()]) if groups else x
-    logits, feats, new_rest = apply_model(graphdef, as_run(trainable["student"]), state.rest, inputs, train=True,
-                                          rngs=k_drop, dtype=dtype)
-    extra, start = {}, b
-    for name, v in groups.items():  # each group's outputs, in the order they were concatenated
-      extra[name] = jax.tree.map(lambda a, start=start, n=v.shape[0]: a[start:start + n], (logits, feats))
-      start += v.shape[0]
+    params = as_run(trainable["student"])
+    inputs = x if x_u is None else jnp.concatenate([x, x_u])
+    logits, feats, new_rest = apply_model(graphdef, params, state.rest, inputs, train=True, rngs=k_drop, dtype=dtype)
+    extra = {}
     if x_u is not None:
-      extra["unlabelled_teacher"] = teacher_u
-    if groups:
+      extra = {"unlabelled_student": jax.tree.map(lambda a: a[b:], (logits, feats)), "unlabelled_teacher": teacher_u}
       logits, feats = jax.tree.map(lambda a: a[:b], (logits, feats))
+    if x_adv is not None:  # a pass of its own, as the references: batch statistics of the attacked images alone
+      adv_logits, adv_feats, new_rest = apply_model(graphdef, params, new_rest, x_adv, train=True,
+                                                    rngs=jax.random.fold_in(k_drop, 1), dtype=dtype)
+      extra["adversarial_student"] = (adv_logits, adv_feats)
     loss_B, terms, method_state = call_method(method, logits, feats, teacher,
                                               {**batch, **extra, "step": state.step, "key": k_method},
                                               trainable["method"], state.method_state)
