@@ -78,9 +78,7 @@ def main(argv: list[str] | None = None) -> None:
     check_compression(pruned_cfg, "compress")
   except ValueError as e:
     raise SystemExit(str(e)) from None
-  data = experiment_data(cfg, args.subset)
-  if data.is_text:
-    raise SystemExit(f"compress: {data.name} is text; this study exports image classifiers")
+  data = experiment_data(cfg, args.subset, inputs="image", prog="compress")
   seeds = list(cfg.seeds)
   out = Path(args.workdir) / "compress"
   out.mkdir(parents=True, exist_ok=True)

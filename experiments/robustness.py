@@ -63,9 +63,7 @@ def main(argv: list[str] | None = None) -> None:
       check_pgd(e, args.pgd_steps, None)
   except ValueError as e:
     raise SystemExit(f"robustness: {e}") from None
-  data = experiment_data(cfg, args.subset)
-  if data.is_text:
-    raise SystemExit(f"robustness: {data.name} is text; the attacks and corruptions perturb images")
+  data = experiment_data(cfg, args.subset, inputs="image", prog="robustness")  # the attacks perturb pixels
   seeds = list(cfg.seeds)
   out = Path(args.workdir) / "robustness"
   out.mkdir(parents=True, exist_ok=True)

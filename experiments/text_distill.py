@@ -51,10 +51,7 @@ def main(argv: list[str] | None = None) -> None:
   args = p.parse_args(argv)
   rows = select(args.rows, ROWS)
   cfg = experiment_config(args, "text_distill")
-  data = experiment_data(cfg, args.subset)
-  if not data.is_text:
-    raise SystemExit(f"text_distill: {data.name} is not a text dataset (use negation, rotten_tomatoes or "
-                     "tfds:imdb_reviews)")
+  data = experiment_data(cfg, args.subset, inputs="text", prog="text_distill")
   if get_model_spec(args.transformer).inputs != "text":
     raise SystemExit(f"text_distill: --transformer {args.transformer} is not a text model")
   seeds = list(cfg.seeds)

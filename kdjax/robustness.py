@@ -24,7 +24,7 @@ import numpy as np
 import optax
 
 from kdjax.data.augment import padded_batches, shift_crop, to_float
-from kdjax.losses.validate import check_epsilon, check_pgd
+from kdjax.losses.validate import check_epsilon, check_pgd, is_traced
 from kdjax.models.functional import apply_model
 
 LogitsFn = Callable[[jax.Array], jax.Array]
@@ -68,7 +68,7 @@ def pgd(logits_fn: LogitsFn, key: jax.Array, x: jax.Array, labels: jax.Array, ep
 
 def gaussian_noise(key: jax.Array, x: jax.Array, sigma: float) -> jax.Array:
   """``x`` plus Gaussian noise of standard deviation ``sigma``, clipped to ``[0, 1]``."""
-  if not isinstance(sigma, jax.core.Tracer) and not sigma >= 0:
+  if not is_traced(sigma) and not sigma >= 0:
     raise ValueError(f"noise sigma must be >= 0, got {sigma!r}")
   return jnp.clip(x + sigma * jax.random.normal(key, x.shape, x.dtype), 0.0, 1.0)
 
@@ -86,7 +86,7 @@ def box_blur(x: jax.Array, size: int) -> jax.Array:
 
 def contrast(x: jax.Array, factor: float) -> jax.Array:
   """Contrast scaled by ``factor`` around each image's mean (``factor < 1`` lowers it)."""
-  if not isinstance(factor, jax.core.Tracer) and not factor >= 0:
+  if not is_traced(factor) and not factor >= 0:
     raise ValueError(f"contrast factor must be >= 0, got {factor!r}")
   mean = x.mean(axis=(1, 2, 3), keepdims=True)
   return jnp.clip(mean + factor * (x - mean), 0.0, 1.0)

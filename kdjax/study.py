@@ -197,10 +197,15 @@ def subset_data(data: ArrayDataset, subset: int | None) -> ArrayDataset:
                              train_labels=data.train_labels[:subset])
 
 
-def experiment_data(cfg: StudyConfig, subset: int | None = None) -> ArrayDataset:
-  """The config's dataset, cut to its first ``subset`` training images when given; a bad subset
-  exits with a message (for the experiment scripts)."""
+def experiment_data(cfg: StudyConfig, subset: int | None = None, *, inputs: str | None = None,
+                    prog: str = "experiment") -> ArrayDataset:
+  """The config's dataset, cut to its first ``subset`` training images when given; a bad subset,
+  or data that is not ``inputs`` ("image" or "text") where the experiment needs one kind, exits
+  with a message naming ``prog`` (for the experiment scripts)."""
   data = load_dataset(cfg.dataset, tfds_data_dir=cfg.tfds_data_dir, download=cfg.download)
+  if inputs is not None and data.is_text != (inputs == "text"):
+    raise SystemExit(f"{prog}: {data.name} is {'text' if data.is_text else 'images'}, but this experiment takes "
+                     + ("text (negation, rotten_tomatoes or tfds:imdb_reviews)" if inputs == "text" else "images"))
   try:
     return subset_data(data, subset)
   except ValueError as e:

@@ -25,7 +25,7 @@ def check_alpha(alpha) -> None:
     raise ValueError(f"alpha (weight of the hard-label term) must lie in [0, 1], got {alpha!r}")
 
 
-def _traced(x) -> bool:
+def is_traced(x) -> bool:
   """A value traced under ``jit`` or ``vmap`` (checked by whoever chose it, not here)."""
   import jax
   return isinstance(x, jax.core.Tracer)
@@ -33,14 +33,14 @@ def _traced(x) -> bool:
 
 def _number(x):
   """A NumPy or JAX scalar (or one-element array) as a Python float; anything else as it is."""
-  if hasattr(x, "shape") and hasattr(x, "dtype") and getattr(x, "size", 0) == 1 and not _traced(x):
+  if hasattr(x, "shape") and hasattr(x, "dtype") and getattr(x, "size", 0) == 1 and not is_traced(x):
     return float(x)
   return x
 
 
 def check_epsilon(eps) -> None:
   """An L∞ attack budget, in pixel units of ``[0, 1]``."""
-  if _traced(eps):
+  if is_traced(eps):
     return
   value = _number(eps)
   if not (_concrete(value) and math.isfinite(value) and value >= 0):
@@ -54,7 +54,7 @@ def check_pgd(eps, steps, step_size) -> float:
   if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
     raise ValueError(f"PGD needs steps >= 1, got {steps!r}")
   step_size = 2.5 * eps / steps if step_size is None else step_size
-  if _traced(eps) or _traced(step_size) or _number(eps) == 0:
+  if is_traced(eps) or is_traced(step_size) or _number(eps) == 0:
     return step_size
   value = _number(step_size)
   if not (_concrete(value) and math.isfinite(value) and value > 0):
