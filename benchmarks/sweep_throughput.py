@@ -4,7 +4,7 @@
     python benchmarks/sweep_throughput.py --preset cifar100_resnet32x4_resnet8x4 --ks 1,4,8 --batch 64
 
 A sweep's group of K runs (Hinton KD at the preset's T and α, seeds 0..K-1) is
-one jitted step (:func:`kdjax.sweep.train.make_sweep_step`) that runs the teacher once and the K
+one jitted step (:func:`kdjax.train.cohort.make_cohort_step`) that runs the teacher once and the K
 students under ``jax.vmap``. Running the same K runs one after another goes at one student's
 rate, so the figure of merit is the group's student-images per second over one student's
 (``speedup``; K sequential runs have speedup 1). The target (../shared/PERFORMANCE.md) is at least
@@ -27,7 +27,7 @@ from kdjax.models import create_model, feature_shapes, split_model
 from kdjax.presets import PRESETS
 from kdjax.study import environment
 from kdjax.sweep import expand, parse_grid
-from kdjax.sweep.train import group_hparams, init_group, make_sweep_step, traced_hparams
+from kdjax.sweep.train import group_hparams, group_step, init_group
 from kdjax.train import make_optimizer
 
 
@@ -78,9 +78,7 @@ def main() -> None:
   for k in [int(x) for x in args.ks.split(",")]:
     runs = expand(parse_grid(["seed=" + ",".join(str(s) for s in range(k))], base), base)  # K seeds of Hinton KD
     graphdef, state = init_group(runs, tx, classes, shape, t_shapes, 1024)
-    step = make_sweep_step(graphdef, tx, "hinton", {k_: v for k_, v in runs[0].hparams
-                                                    if k_ not in traced_hparams("hinton", runs[0].hparams)}, len(runs),
-                           teacher_graphdef=t_graphdef, jitter_pixels=base.distilled.jitter, hflip=base.distilled.hflip)
+    step = group_step(graphdef, tx, runs, t_graphdef, jitter_pixels=base.distilled.jitter, hflip=base.distilled.hflip)
     compile_s, times = bench(step, state, teacher_vars, batch, group_hparams(runs), args.steps, args.windows)
     rate = len(runs) * args.batch * args.steps / statistics.median(times)
     one_rate = rate if len(runs) == 1 else one_rate

@@ -36,7 +36,7 @@ augmentation on the device by default (random crop with 4-pixel padding and hori
 ``"cached"`` is offline KD: the step takes the teacher's logits from the batch
 (``cached_teacher=True``; random float32 logits here) and runs no teacher. ``students=K > 1``
 trains K students at once with the sweep's vmapped step
-(:func:`kdjax.sweep.train.make_sweep_step`, K seeds), as ``benchmarks/sweep_throughput.py`` does.
+(:func:`kdjax.train.cohort.make_cohort_step`, K seeds), as ``benchmarks/sweep_throughput.py`` does.
 
 The optimizer is SGD with momentum 0.9 (Nesterov, kdjax's SGD), weight decay 5e-4, constant
 learning rate 0.05; Hinton KD runs at ``alpha=0.5``, ``T=4`` (the peer's ``CE + T²·KL`` up to a
@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import inspect
 import json
 import math
 import platform
@@ -57,9 +56,22 @@ import time
 from pathlib import Path
 from typing import Any
 
+import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+import kdjax
+from kdjax.data import ArrayDataset
+from kdjax.methods import init_method, make_method, method_spec
+from kdjax.models import check_input_shape, create_model, feature_shapes, get_model_spec, split_model
+from kdjax.models.functional import compute_dtype
+from kdjax.optim import make_optimizer
+from kdjax.parallel import make_mesh
+from kdjax.presets import PRESETS
+from kdjax.sweep.grid import Run
+from kdjax.sweep.train import group_hparams, group_step, init_group
+from kdjax.train import fit, init_train_state, make_train_step
 
 MODES = ("step", "epoch", "cached")
 
@@ -165,10 +177,6 @@ def check_config(teacher: str | None = "resnet32x4", student: str = "resnet8x4",
                  epoch_size: int | None = None, seed: int = 0) -> _Config:
   """Checks a configuration of :func:`bench_kd` (same arguments) without building or compiling
   anything, and resolves its defaults; every problem is a ValueError."""
-  from kdjax.methods import make_method
-  from kdjax.models import check_input_shape, get_model_spec
-  from kdjax.models.functional import compute_dtype
-
   if mode not in MODES:
     raise ValueError(f"unknown mode {mode!r}; use one of: {', '.join(MODES)}")
   compute_dtype(precision)  # unknown precision -> ValueError
@@ -192,9 +200,9 @@ def check_config(teacher: str | None = "resnet32x4", student: str = "resnet8x4",
     m = make_method(method, **options)
   except TypeError as e:
     raise ValueError(f"method {method!r}: {e}") from None
-  if getattr(m, "multi_teacher", False):
+  if m.multi_teacher:
     raise ValueError(f"method {method!r} takes several teachers; the benchmark times one teacher")
-  needs_teacher = bool(getattr(m, "needs_teacher", False))
+  needs_teacher = m.needs_teacher
   if needs_teacher:
     if not teacher:
       raise ValueError(f"method {method!r} needs a teacher")
@@ -204,14 +212,11 @@ def check_config(teacher: str | None = "resnet32x4", student: str = "resnet8x4",
   if mode == "cached" and not needs_teacher:
     raise ValueError(f"mode 'cached' takes a teacher's cached outputs; method {method!r} uses no teacher")
   if students > 1:
-    from kdjax.sweep.train import make_sweep_step
     if mode != "step":
       raise ValueError(f"students={students}: K students at once are timed in mode 'step' only, not {mode!r}")
     if steps_per_call != 1:
       raise ValueError(f"students={students}: the sweep's vmapped step takes one batch per call "
                        f"(steps_per_call 1, not {steps_per_call})")
-    if precision != "fp32" and "precision" not in inspect.signature(make_sweep_step).parameters:
-      raise ValueError(f"students={students}: the sweep's vmapped step computes in fp32 only, not {precision!r}")
   if augment is None:
     augment = mode == "epoch"
   steps = math.ceil(steps / steps_per_call) * steps_per_call
@@ -248,9 +253,6 @@ def _program_bytes(compiled) -> int | None:
 
 
 def _environment(device) -> dict[str, Any]:
-  import flax
-
-  import kdjax
   return {"device": f"{device.platform}:{getattr(device, 'device_kind', '')}", "platform": device.platform,
           "device_kind": str(getattr(device, "device_kind", "")), "device_count": len(jax.devices(device.platform)),
           "jax": jax.__version__, "flax": flax.__version__, "kdjax": kdjax.__version__,
@@ -336,7 +338,6 @@ def bench_kd(teacher: str | None = "resnet32x4", student: str = "resnet8x4", *, 
 
 def _models(cfg: _Config):
   """The teacher's graphdef and variables (or ``None``s), and the student's graphdef, params, rest."""
-  from kdjax.models import create_model, split_model
   t_graphdef = teacher_vars = None
   if cfg.teacher:
     t_graphdef, t_params, t_rest = split_model(create_model(cfg.teacher, num_classes=cfg.num_classes,
@@ -348,13 +349,10 @@ def _models(cfg: _Config):
 
 
 def _needs_shapes(method) -> bool:
-  return hasattr(method, "init") or hasattr(method, "init_state")
+  return method.init is not None or method.init_state is not None
 
 
 def _student_state(cfg: _Config, t_graphdef, teacher_vars, student, tx, method, num_examples: int):
-  from kdjax.methods import init_method
-  from kdjax.models import feature_shapes
-  from kdjax.train import init_train_state
   graphdef, params, rest = student
   key = jax.random.key(cfg.seed + 2)
   m_params = m_state = None
@@ -368,16 +366,13 @@ def _student_state(cfg: _Config, t_graphdef, teacher_vars, student, tx, method, 
 
 def _cached_feats(cfg: _Config, t_graphdef, teacher_vars) -> dict:
   """The teacher features a cached batch carries: none for a logit method, all of them else."""
-  from kdjax.methods.logit import METHODS as LOGIT_METHODS
-  from kdjax.models import feature_shapes
-  if cfg.mode != "cached" or cfg.method in LOGIT_METHODS:
+  if cfg.mode != "cached" or method_spec(cfg.method).family in ("baseline", "logit"):
     return {}
   return feature_shapes(t_graphdef, teacher_vars["params"], teacher_vars["rest"], cfg.input_shape,
                         batch_size=cfg.batch)
 
 
 def _optimizer(total_steps: int, learning_rate: float = LEARNING_RATE):
-  from kdjax.train import make_optimizer
   return make_optimizer("sgd", learning_rate=learning_rate, total_steps=total_steps, momentum=MOMENTUM,
                         weight_decay=WEIGHT_DECAY, schedule="constant")
 
@@ -387,7 +382,6 @@ def _abstract(tree):
 
 
 def _build(cfg: _Config, t_graphdef, graphdef, tx, method, steps_per_call: int):
-  from kdjax.train import make_train_step
   return make_train_step(graphdef, tx, method, teacher_graphdef=None if cfg.mode == "cached" else t_graphdef,
                          jitter_pixels=JITTER_PIXELS if cfg.augment else 0, hflip=cfg.augment,
                          precision=cfg.precision, steps_per_call=steps_per_call, cached_teacher=cfg.mode == "cached")
@@ -408,7 +402,6 @@ def _compile_and_count(cfg: _Config, step, args, build_single):
 
 
 def _bench_step(cfg: _Config, device) -> dict[str, Any]:
-  from kdjax.methods import make_method
   t_graphdef, teacher_vars, student = _models(cfg)
   method = make_method(cfg.method, **cfg.method_options)
   tx = _optimizer(cfg.calls * (cfg.windows + cfg.warmup + 1))
@@ -437,9 +430,6 @@ def _bench_step(cfg: _Config, device) -> dict[str, Any]:
 
 
 def _bench_epoch(cfg: _Config, device) -> dict[str, Any]:
-  from kdjax.data import ArrayDataset
-  from kdjax.methods import make_method
-  from kdjax.train import fit
   t_graphdef, teacher_vars, student = _models(cfg)
   method = make_method(cfg.method, **cfg.method_options)
   n = cfg.epoch_size
@@ -464,7 +454,6 @@ def _bench_epoch(cfg: _Config, device) -> dict[str, Any]:
                                                                 batch))
 
   compile_s, flops, source, program_bytes = _compile_and_count(cfg, step, (state, teacher_vars, batch), single)
-  from kdjax.parallel import make_mesh
   stamps = [time.perf_counter()]
 
   def stamp(st, test_x, test_y):  # called by fit once per epoch, right after its last step: the epoch clock
@@ -483,10 +472,6 @@ def _bench_epoch(cfg: _Config, device) -> dict[str, Any]:
 
 def _bench_group(cfg: _Config, device) -> dict[str, Any]:
   """K students at once, built as ``benchmarks/sweep_throughput.py`` builds a sweep group."""
-  from kdjax.models import create_model, feature_shapes, split_model
-  from kdjax.presets import PRESETS
-  from kdjax.sweep.grid import Run
-  from kdjax.sweep.train import group_hparams, init_group, make_sweep_step, traced_hparams
   k = cfg.students
   base = PRESETS["cifar100_resnet32x4_resnet8x4"]
   run_cfg = dataclasses.replace(base.distilled, model=cfg.student, batch_size=cfg.batch, learning_rate=LEARNING_RATE,
@@ -505,11 +490,8 @@ def _bench_group(cfg: _Config, device) -> dict[str, Any]:
     t_shapes = feature_shapes(t_graphdef, t_params, t_rest, cfg.input_shape)
   tx = _optimizer(cfg.calls * (cfg.windows + cfg.warmup + 1), learning_rate=1.0)  # each student scales by its own rate
   graphdef, state = init_group(runs, tx, cfg.num_classes, cfg.input_shape, t_shapes, cfg.batch)
-  traced = traced_hparams(cfg.method, hparams)
-  extra = {"precision": cfg.precision} if cfg.precision != "fp32" else {}
-  step = make_sweep_step(graphdef, tx, cfg.method, {k_: v for k_, v in hparams if k_ not in traced}, k,
-                         teacher_graphdef=t_graphdef, jitter_pixels=JITTER_PIXELS if cfg.augment else 0,
-                         hflip=cfg.augment, **extra)
+  step = group_step(graphdef, tx, runs, t_graphdef, jitter_pixels=JITTER_PIXELS if cfg.augment else 0,
+                    hflip=cfg.augment, precision=cfg.precision)
   hp = group_hparams(runs)
   batch = _random_batch(cfg, jax.random.key(cfg.seed + 3), (), device)
   state, teacher_vars, hp = jax.device_put((state, teacher_vars, hp), device)

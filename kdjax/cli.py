@@ -1,6 +1,6 @@
 """The ``kdjax`` command line.
 
-    kdjax distill [--config NAME] [--data SPEC] [--seeds 0,1,2] [--set key=value ...]
+    kdjax distill [--config NAME] [--method NAME] [--data SPEC] [--seeds 0,1,2] [--set key=value ...]
                   [--checkpoint-every N] [--resume] [--teacher-checkpoint DIR] [--distributed ...]
     kdjax sweep [CONFIG] --grid key=v1,v2 [--grid ...] [--set key=value ...] [--max-parallel K]
     kdjax list
@@ -24,12 +24,15 @@ def _parser() -> argparse.ArgumentParser:
   d = sub.add_parser("distill", help="teacher, student alone and distilled student, over seeds")
   d.add_argument("--config", default="hinton_mnist", choices=sorted(PRESETS),
                  help="the study to run (default: hinton_mnist, Hinton et al. 2015 on the built-in subset)")
+  d.add_argument("--method", help="the distilled run's method (kdjax list), default the config's (hinton); its "
+                                  "hyperparameters: --set method.NAME=VALUE, e.g. --method dkd --set method.beta=4")
   d.add_argument("--data", help="dataset: builtin, idx:PATH or tfds:NAME; text: negation, rotten_tomatoes, tfds:imdb_reviews (overrides the config)")
   d.add_argument("--download", action="store_true", help="let TFDS download a missing dataset")
   d.add_argument("--seeds", help="comma-separated seeds, e.g. 0,1,2")
   d.add_argument("--workdir", help="where metrics.jsonl, results.json and table.md go (default: runs)")
   d.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                 help="override a config field, e.g. --set temperature=4 --set teacher.epochs=20")
+                 help="override a config field, e.g. --set temperature=4 --set teacher.epochs=20, or a hyperparameter "
+                      "of the method, --set method.beta=4")
   d.add_argument("--no-progress", action="store_true", help="no progress bars")
   d.add_argument("--show-config", action="store_true", help="print the resolved config and exit")
   d.add_argument("--checkpoint-every", type=int, metavar="N",
@@ -65,7 +68,7 @@ def _parser() -> argparse.ArgumentParser:
   w.add_argument("--data-seed", type=int, default=0, help="the batch order and augmentation shared by all runs")
   w.add_argument("--out", help="output directory (default: runs/sweep_<config>)")
   w.add_argument("--no-progress", action="store_true", help="no progress bars")
-  sub.add_parser("list", help="list the study configs, models and datasets")
+  sub.add_parser("list", help="list the study configs, models, methods and datasets")
   b = sub.add_parser("bench", help="time the distillation train step: images/s, compile time, FLOPs, MFU, memory",
                      description="Times the KD train step on random data already on the device (median of timed "
                                  "windows after warm-up) and prints a Markdown table; comma lists give one row per "
@@ -100,7 +103,6 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
   args = _parser().parse_args(argv)
   if args.command == "list":
-    from kdjax.methods import PAPERS, method_names
     from kdjax.models import get_model_spec, model_names
     print("study configs (kdjax distill --config NAME):")
     for name, cfg in sorted(PRESETS.items()):
@@ -108,9 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     print("models:")
     for name in model_names():
       print(f"  {name:20s} {get_model_spec(name).description}")
-    print("methods (kdjax.methods.make_method):")
-    for name in method_names():
-      print(f"  {name:20s} {PAPERS[name]}")
+    _list_methods()
     print("datasets: builtin | idx:PATH | tfds:mnist|fashion_mnist|cifar10|cifar100")
     return 0
 
@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"kdjax: error: --checkpoint-every must be >= 0, got {args.checkpoint_every}", file=sys.stderr)
     return 2
   cfg = PRESETS[args.config]
-  extra = list(args.overrides)
+  extra = ([f"method={args.method}"] if args.method else []) + list(args.overrides)
   if args.data:
     extra.append(f"dataset={args.data}")
   if args.seeds:
@@ -166,6 +166,20 @@ def main(argv: list[str] | None = None) -> int:
       print(f"\nwritten: {result.out_dir}/metrics.jsonl, results.json, table.md"
             + (", checkpoints/" if args.checkpoint_every is not None or args.resume else ""))
   return 0
+
+
+def _list_methods() -> None:
+  """The method registry: name, family and paper, then each hyperparameter with its default."""
+  from kdjax.methods import REGISTRY, method_hparams
+  print("methods (kdjax distill --method NAME --set method.HPARAM=V; kdjax sweep --grid method=NAME; "
+        "kdjax.methods.make_method):")
+  for name, spec in sorted(REGISTRY.items()):
+    print(f"  {name:20s} {spec.family:12s} {spec.paper}")
+    study = {spec.temperature: "the study's temperature", spec.label_weight: "the study's alpha"} \
+        if spec.label_weight is not None else {}
+    hparams = [f"{k}=" + (f"<{study[k]}>" if k in study else "<required>" if p.default is p.empty else repr(p.default))
+               for k, p in method_hparams(name).items()]
+    print(f"  {'':20s} {'':12s} {', '.join(hparams) or '(no hyperparameters)'}")
 
 
 def _sweep(args) -> int:

@@ -8,6 +8,13 @@ import types
 import typing
 from typing import Any
 
+from kdjax.compress import check_sparsity
+from kdjax.losses import check_alpha, check_temperature
+from kdjax.methods import make_method, parse_hparam, study_hparams
+from kdjax.models.functional import compute_dtype
+from kdjax.models.registry import check_model_options
+from kdjax.optim import make_optimizer
+
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
@@ -65,6 +72,11 @@ class StudyConfig:
   distilled: TrainConfig = TrainConfig(model="mlp800")  # the same student, distilled
   alpha: float = 0.5
   temperature: float = 4.0
+  # The distilled run's method (`kdjax list`; `kdjax distill --method NAME`) and its hyperparameters as
+  # sorted (name, value) pairs (`--set method.NAME=VALUE`). A method with a label weight (Hinton-style
+  # KD) takes `temperature` and `alpha` above unless its hyperparameters set them (see study_method_hparams).
+  method: str = "hinton"
+  method_hparams: tuple[tuple[str, Any], ...] = ()
   seeds: tuple[int, ...] = (0, 1, 2)
   # Also train the student alone with the distilled run's augmentation, so the
   # table separates the gain from the teacher from the gain from augmentation.
@@ -79,11 +91,6 @@ def check_teacher_cache(value: str, role: str = "distilled") -> None:
 
 def validate_study(cfg: StudyConfig) -> None:
   """Fails before any training on a config that cannot run."""
-  from kdjax.losses import check_alpha, check_temperature
-  from kdjax.models.functional import compute_dtype
-  from kdjax.models.registry import check_model_options
-  from kdjax.train.state import make_optimizer
-
   check_temperature(cfg.temperature)
   check_alpha(cfg.alpha)
   if not cfg.seeds:
@@ -117,11 +124,27 @@ def validate_study(cfg: StudyConfig) -> None:
   if cfg.student.model != cfg.distilled.model:
     raise ValueError(f"student ({cfg.student.model}) and distilled ({cfg.distilled.model}) must be "
                      "the same model for the comparison to mean anything")
+  if not study_method(cfg).needs_teacher:
+    raise ValueError(f"method {cfg.method!r} uses no teacher, but the study's distilled run learns from one: "
+                     "pick a method that distills (kdjax list)")
+
+
+def study_method_hparams(cfg: StudyConfig) -> dict[str, Any]:
+  """The hyperparameters the distilled run's method gets: ``cfg.method_hparams``, with the study's
+  ``temperature`` and ``alpha`` where the method takes them from the study
+  (:func:`kdjax.methods.study_hparams`)."""
+  return study_hparams(cfg.method, dict(cfg.method_hparams), temperature=cfg.temperature, alpha=cfg.alpha)
+
+
+def study_method(cfg: StudyConfig):
+  """The distilled run's :class:`kdjax.methods.Method`: ``make_method(cfg.method, **hparams)`` with the
+  hyperparameters of :func:`study_method_hparams`. An unknown method or hyperparameter, or a value the
+  method refuses, is a ValueError."""
+  return make_method(cfg.method, **study_method_hparams(cfg))
 
 
 def check_compression(run: TrainConfig, role: str = "run") -> None:
   """The pruning settings of a run must describe a schedule inside it (``prune_sparsity`` 0 is off)."""
-  from kdjax.compress import check_sparsity
   try:
     check_sparsity(run.prune_sparsity)
   except ValueError as e:
@@ -184,12 +207,31 @@ def override(cfg, assignments: list[str]):
   """Applies ``key=value`` overrides (dotted keys reach nested configs, e.g.
   ``teacher.epochs=20``) and returns a new config. Unknown keys and values of
   the wrong type raise ``ValueError``."""
+  items = []
   for assignment in assignments:
     key, sep, value = assignment.partition("=")
     if not sep:
       raise ValueError(f"override {assignment!r} is not of the form key=value")
-    cfg = _set(cfg, key.strip().split("."), value.strip(), key)
+    items.append((key.strip(), value.strip()))
+  # A study's method first: its hyperparameters (method.NAME=VALUE) are typed after its factory's defaults.
+  items.sort(key=lambda item: item[0] != "method")
+  for key, value in items:
+    if isinstance(cfg, StudyConfig) and key.startswith("method."):
+      cfg = _set_method_hparam(cfg, key.split(".", 1)[1], value, key)
+    else:
+      cfg = _set(cfg, key.split("."), value, key)
   return cfg
+
+
+def _set_method_hparam(cfg: StudyConfig, hparam: str, text: str, full_key: str) -> StudyConfig:
+  """``cfg`` with hyperparameter ``hparam`` of its method set from ``text`` (typed after the factory's
+  default for it; a list's items joined by commas)."""
+  try:
+    value = parse_hparam(cfg.method, hparam, text, sep=",")
+  except ValueError as e:
+    raise ValueError(f"config key {full_key!r}: {e}") from None
+  hparams = {**dict(cfg.method_hparams), hparam: value}
+  return dataclasses.replace(cfg, method_hparams=tuple(sorted(hparams.items())))
 
 
 def _set(cfg, path: list[str], value: str, full_key: str):
@@ -205,4 +247,7 @@ def _set(cfg, path: list[str], value: str, full_key: str):
     return dataclasses.replace(cfg, **{name: _set(inner, path[1:], value, full_key)})
   if dataclasses.is_dataclass(getattr(cfg, name)):
     raise ValueError(f"config key {full_key!r} is a group; set one of its fields, e.g. {full_key}.epochs=5")
+  if isinstance(cfg, StudyConfig) and name == "method_hparams":
+    raise ValueError(f"config key {full_key!r}: set the method's hyperparameters one by one, as "
+                     "method.NAME=VALUE (e.g. method.beta=4)")
   return dataclasses.replace(cfg, **{name: _convert(value, hints[name], full_key)})

@@ -24,7 +24,7 @@ from typing import Any
 import jax
 
 import kdjax
-from kdjax.config import StudyConfig, TrainConfig, to_dict, validate_study
+from kdjax.config import StudyConfig, TrainConfig, study_method, study_method_hparams, to_dict, validate_study
 from kdjax.data import ArrayDataset, load_dataset
 from kdjax.models import check_input_shape, get_model_spec
 from kdjax.train import NonFiniteLossError, distill, train_student, train_teacher
@@ -132,17 +132,18 @@ def run_study(cfg: StudyConfig, *, data: ArrayDataset | None = None, progress: b
   if out_dir and primary:
     save_pytree(out_dir / "teacher.npz", teacher.variables)
   control = control_config(cfg)
+  method = study_method(cfg)  # make_method(cfg.method, ...), the study's T and alpha filled in where it takes them
   for seed in cfg.seeds:
     run("student", seed, train_student, cfg.student)
     if control:
       run("control", seed, train_student, control, desc=f"student+jitter {control.model} seed {seed}")
-    run("distilled", seed, distill, cfg.distilled, teacher, alpha=cfg.alpha, temperature=cfg.temperature)
+    run("distilled", seed, distill, cfg.distilled, teacher, method=method)
   result = StudyResult(cfg, data.name, len(data.test_labels), runs, time.perf_counter() - t0,
                        env["device"], out_dir)
   if out_dir and primary:
     (out_dir / "results.json").write_text(json.dumps(
-        {"config": to_dict(cfg), "environment": env, "dataset": data.summary(), "runs": runs,
-         "wall_s": round(result.wall_s, 1)}, indent=2))
+        {"config": to_dict(cfg), "method": {"name": cfg.method, "hparams": study_method_hparams(cfg)},
+         "environment": env, "dataset": data.summary(), "runs": runs, "wall_s": round(result.wall_s, 1)}, indent=2))
     (out_dir / "table.md").write_text(format_table(result) + "\n")
   return result
 
@@ -240,13 +241,24 @@ def mean_pm(values: list[float], fmt: str = ".1f") -> str:
   return f"{m:{fmt}} ± {sd:{fmt}}" if len(values) > 1 else f"{m:{fmt}}"
 
 
+def method_label(cfg: StudyConfig) -> str:
+  """The distilled run's method for a table's title: ``"T=20, alpha=0.5"`` for Hinton KD at the study's
+  T and alpha, else ``"method dkd (beta=4)"``, with the hyperparameters it is given (the study's T and
+  alpha included where it takes them; the others are the method's defaults)."""
+  if cfg.method == "hinton" and not cfg.method_hparams:
+    return f"T={cfg.temperature:g}, alpha={cfg.alpha:g}"
+  hparams = study_method_hparams(cfg)
+  shown = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(hparams.items()))
+  return f"method {cfg.method} ({shown or 'defaults'})"
+
+
 def format_table(result: StudyResult, extra: dict[str, dict[str, str]] | None = None) -> str:
   """Markdown table, mean ± std over seeds; ``extra`` adds columns: {header: {role: text}}."""
   cfg = result.cfg
   extra = extra or {}
   lines = [
-      f"{cfg.name} on {result.dataset} ({result.test_size} test images), T={cfg.temperature:g}, "
-      f"alpha={cfg.alpha:g}, seeds {','.join(map(str, cfg.seeds))}, {result.device}",
+      f"{cfg.name} on {result.dataset} ({result.test_size} test images), {method_label(cfg)}, "
+      f"seeds {','.join(map(str, cfg.seeds))}, {result.device}",
       "",
       "| run | model | test errors | test accuracy (%) | runs | wall s / run |"
       + "".join(f" {h} |" for h in extra),

@@ -116,6 +116,11 @@ def test_cli_list(capsys):
   assert main(["list"]) == 0
   out = capsys.readouterr().out
   assert "hinton_mnist" in out and "mlp1200" in out
+  # the method registry: name, family, paper, then every hyperparameter with its default
+  assert __import__("re").search(r"\n  gkd +logit +Agarwal et al. 2024 .*\n +alpha=<the study's alpha>, "
+                                 r"temperature=<the study's temperature>, beta=0.5, standardize=False\n", out), out
+  assert __import__("re").search(r"\n  dkd +logit +Zhao et al. 2022 \(DKD\)\n +alpha=1.0, beta=8.0, ", out)
+  assert "crd_queue" in out and "queue_size=4096" in out
 
 
 def test_cli_nan_stops_names_the_step_and_keeps_the_last_good_state(capsys, tmp_path):
@@ -155,3 +160,75 @@ def test_cnn_study_runs_on_mocked_cifar10():
 @pytest.mark.parametrize("name", sorted(PRESETS))
 def test_every_preset_is_a_valid_study(name):
   validate_study(PRESETS[name])
+
+
+def test_cli_distills_with_any_registered_method(mnist, capsys, tmp_path):
+  # DKD with one hyperparameter set, on 256 training and 200 test images (one epoch per run, no control):
+  # the "student distilled" row trains make_method("dkd", beta=4.0), and the table and results say so.
+  import dataclasses
+  tiny = dataclasses.replace(mnist, test_images=mnist.test_images[:200], test_labels=mnist.test_labels[:200])
+  data_dir = _idx_dir(tmp_path / "mnist_tiny", tiny, 256)
+  code = main(["distill", "--no-progress", "--workdir", str(tmp_path), "--seeds", "0", "--data", f"idx:{data_dir}",
+               "--method", "dkd", "--set", "method.beta=4", "--set", "augmented_control=false",
+               "--set", "teacher.epochs=1", "--set", "student.epochs=1", "--set", "distilled.epochs=1"])
+  out = capsys.readouterr().out
+  assert code == 0, out
+  assert "method dkd (beta=4), seeds 0" in out and "T=20" not in out
+  assert "| student distilled | mlp800 |" in out
+  run_dir = tmp_path / "hinton_mnist"
+  results = json.loads((run_dir / "results.json").read_text())
+  assert results["config"]["method"] == "dkd" and results["config"]["method_hparams"] == [["beta", 4.0]]
+  assert results["method"] == {"name": "dkd", "hparams": {"beta": 4.0}}  # DKD keeps its own T and alpha
+  distilled = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()
+               if json.loads(x)["run"] == "distilled"]
+  assert len(distilled) == 1 and np.isfinite(distilled[0]["train_dkd"])
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--method", "ofa"], r"unknown method 'ofa'; known methods: ab, .*dkd, .*gkd, hinton, .*vid"),
+    (["--method", "dkd", "--set", "method.foo=1"],
+     r"config key 'method.foo': method 'dkd' has no hyperparameter 'foo'; its hyperparameters: alpha=1.0, beta=8.0, "
+     r"temperature=4.0, ce_weight=1.0, warmup_steps=0, standardize=False"),
+    (["--set", "method.beta=4"], r"method 'hinton' has no hyperparameter 'beta'; its hyperparameters: alpha="),
+    (["--method", "dkd", "--set", "method.beta=big"], r"config key 'method.beta': expected a number, got 'big'"),
+    (["--method", "gkd", "--set", "method.beta=1"], r"strictly between 0 and 1"),
+    (["--method", "tf_kd"], r"method 'tf_kd' uses no teacher"),
+    (["--set", "method_hparams=beta"], r"set the method's hyperparameters one by one, as method.NAME=VALUE"),
+])
+def test_cli_bad_method_fails_before_training(argv, message, capsys, tmp_path):
+  code = main(["distill", "--no-progress", "--workdir", str(tmp_path), *argv])
+  err = capsys.readouterr().err
+  assert code == 2 and __import__("re").search(message, err), err
+  assert not (tmp_path / "hinton_mnist").exists()
+
+
+def test_cli_show_config_round_trips_the_method(capsys):
+  import dataclasses
+  assert main(["distill", "--set", "method.beta=0.9", "--method", "gkd", "--set", "method.temperature=2",
+               "--show-config"]) == 0
+  shown = json.loads(capsys.readouterr().out)
+  assert shown["method"] == "gkd" and shown["method_hparams"] == [["beta", 0.9], ["temperature", 2.0]]
+  # the printed config is the config the run would use, and reads back into it
+  expected = override(HINTON_MNIST, ["method=gkd", "method.temperature=2", "method.beta=0.9"])
+  assert shown == json.loads(json.dumps(dataclasses.asdict(expected)))
+  assert override(HINTON_MNIST, [f"method={shown['method']}"] + [f"method.{k}={v}" for k, v in
+                                                                   shown["method_hparams"]]) == expected
+  # the default run is Hinton KD at the study's T and alpha, and shows no method hyperparameters
+  assert main(["distill", "--show-config"]) == 0
+  default = json.loads(capsys.readouterr().out)
+  assert default["method"] == "hinton" and default["method_hparams"] == []
+
+
+def test_the_table_title_names_the_method():
+  import dataclasses
+
+  from kdjax.config import study_method_hparams
+  from kdjax.study import method_label
+  assert method_label(HINTON_MNIST) == "T=20, alpha=0.5"  # the main job's title, as before
+  assert study_method_hparams(HINTON_MNIST) == {"alpha": 0.5, "temperature": 20.0}
+  assert method_label(override(HINTON_MNIST, ["method=dkd"])) == "method dkd (defaults)"
+  gkd = override(HINTON_MNIST, ["method=gkd", "method.beta=0.2"])
+  assert method_label(gkd) == "method gkd (alpha=0.5, beta=0.2, temperature=20)"  # the study's T and alpha
+  assert method_label(override(HINTON_MNIST, ["method.temperature=4"])) == \
+      "method hinton (alpha=0.5, temperature=4)"
+  assert dataclasses.replace(HINTON_MNIST, method="hinton") == HINTON_MNIST

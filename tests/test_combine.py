@@ -78,8 +78,7 @@ def counting_method():
     return loss_B, terms, {"calls": state["calls"] + 1, "seen": state["seen"].at[batch["index"]].add(1),
                            "draws": state["draws"].at[state["calls"]].set(jax.random.uniform(batch["key"]))}
 
-  method.init_state = init_state
-  return as_method(method, needs_teacher=False)
+  return as_method(method, needs_teacher=False, init_state=init_state)
 
 
 def test_method_state_is_carried_across_steps_with_dataset_indices_and_fresh_keys(data, teacher):

@@ -1,6 +1,11 @@
-"""Reverse KL, Jensen-Shannon, DKD, DIST and logit standardization against float64 NumPy references.
+"""Reverse KL, Jensen-Shannon, GKD's generalized JSD, DKD, DIST and logit standardization against float64
+NumPy references.
 
 References the NumPy code follows:
+- GKD's generalized JSD: Agarwal et al., ICLR 2024, eq. 1, with the teacher as P (the mixture is
+  beta*teacher + (1-beta)*student), as huggingface/trl, trl/trainer/gkd_trainer.py
+  (GKDTrainer.generalized_jsd_loss) for 0 < beta < 1; TRL returns the unscaled forward/reverse KL at
+  beta = 0/1 exactly, kdjax refuses those endpoints.
 - DKD: Zhao et al., CVPR 2022; megvii-research/mdistiller, mdistiller/distillers/DKD.py (dkd_loss).
   Defaults in mdistiller/engine/cfg.py: ALPHA=1.0, BETA=8.0, T=4.0 (WARMUP=20 is applied by the caller).
 - DIST: Huang et al., NeurIPS 2022; hunto/image_classification_sota, lib/models/losses/dist_kd.py
@@ -22,7 +27,10 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from kdjax.losses import dist_loss, dkd_loss, js_divergence, kl_divergence, reverse_kl_divergence, standardize_logits
+from jax.test_util import check_grads
+
+from kdjax.losses import (dist_loss, dkd_loss, generalized_js_divergence, js_divergence, kl_divergence,
+                          reverse_kl_divergence, standardize_logits)
 
 from numeric import numerical_grad
 
@@ -510,3 +518,106 @@ def test_bad_temperature_is_rejected(T):
     dkd_loss(x, x, y, temperature=T)
   with pytest.raises(ValueError, match="temperature"):
     dist_loss(x, x, temperature=T)
+
+
+# ---------------------------------------------------------------- GKD's generalized JSD
+
+
+def np_gjsd(s, t, T, beta):
+  """JSD(β)(p_t ‖ p_s) = β KL(p_t ‖ m) + (1 − β) KL(p_s ‖ m), m = β p_t + (1 − β) p_s, in float64:
+  the GKD paper's eq. 1 with P the teacher, as TRL's GKDTrainer.generalized_jsd_loss for 0 < β < 1."""
+  ls, lt = np_log_softmax(np.float64(s) / T), np_log_softmax(np.float64(t) / T)
+  p_s, p_t = np.exp(ls), np.exp(lt)
+  lm = np.log(beta * p_t + (1.0 - beta) * p_s)
+  return beta * np_kl_terms(p_t, lt, lm) + (1.0 - beta) * np_kl_terms(p_s, ls, lm)
+
+
+gjsd = jax.jit(generalized_js_divergence)
+BETAS = [0.1, 0.5, 0.9]
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_generalized_js_matches_float64(shape):
+  s, t = random_pair(30, shape)
+  for T in TEMPS:
+    for beta in BETAS:
+      got = np.asarray(gjsd(s, t, T, beta))
+      assert got.shape == shape[:1] and got.dtype == np.float32
+      np.testing.assert_allclose(got, np_gjsd(s, t, T, beta), rtol=1e-3, atol=1e-5, err_msg=f"T={T} beta={beta}")
+
+
+def test_generalized_js_at_half_skew_is_js():
+  for seed, shape in enumerate(SHAPES):
+    s, t = random_pair(31 + seed, shape)
+    for T in TEMPS:
+      np.testing.assert_allclose(gjsd(s, t, T, 0.5), js(s, t, T), rtol=1e-5, atol=1e-7, err_msg=f"T={T}")
+  np.testing.assert_allclose(generalized_js_divergence(s, t), js_divergence(s, t), rtol=1e-5, atol=1e-7)  # defaults
+
+
+@settings(max_examples=20, deadline=None)
+@given(logit_pairs(), temperatures, st.floats(0.01, 0.99))
+def test_generalized_js_vanishes_at_equality_is_non_negative_and_bounded(pair, T, beta):
+  s, t = pair
+  np.testing.assert_allclose(gjsd(s, s, T, beta), 0.0, atol=1e-6)
+  np.testing.assert_allclose(gjsd(s + 3.0, s, T, beta), 0.0, atol=2e-5)  # a per-row shift
+  got = np.asarray(gjsd(s, t, T, beta))
+  assert (got >= 0).all()
+  # JSD(β) is the mutual information of a β-coin and a draw from the mixture: at most H(β).
+  assert (got <= -beta * math.log(beta) - (1 - beta) * math.log1p(-beta) + 1e-6).all()
+  np.testing.assert_allclose(got, np_gjsd(s, t, T, beta), rtol=1e-3, atol=1e-4)
+
+
+def test_generalized_js_tends_to_scaled_forward_and_reverse_kl_at_the_ends():
+  s, t = random_pair(32, (5, 10), scale=1.0)
+  for T in (1.0, 4.0):
+    eps = 1e-3
+    np.testing.assert_allclose(gjsd(s, t, T, eps) / eps, kl(s, t, T), rtol=2e-2)  # β → 0: β·KL(p_t ‖ p_s)
+    np.testing.assert_allclose(gjsd(s, t, T, 1 - eps) / eps, rkl(s, t, T), rtol=2e-2)  # β → 1: (1−β)·KL(p_s ‖ p_t)
+
+
+@pytest.mark.parametrize("beta", [0.0, 1.0, -0.5, 1.5])
+def test_generalized_js_rejects_a_skew_outside_the_open_unit_interval(beta):
+  s, t = random_pair(33, (2, 3))
+  with pytest.raises(ValueError, match="strictly between 0 and 1"):
+    generalized_js_divergence(s, t, 1.0, beta)
+  from kdjax.methods import make_method
+  with pytest.raises(ValueError, match="strictly between 0 and 1"):
+    make_method("gkd", beta=beta)
+
+
+@pytest.mark.parametrize("beta", BETAS)
+def test_generalized_js_gradients(beta):
+  rng = np.random.default_rng(34)
+  s, t = (rng.normal(size=(3, 5)) * 2).astype(np.float32), (rng.normal(size=(3, 5)) * 2).astype(np.float32)
+  check_grads(lambda x: generalized_js_divergence(x, t, 2.0, beta), (s,), order=2, modes=["rev"],
+              atol=1e-2, rtol=1e-2)
+  grad = student_grad(generalized_js_divergence)(s, t, 2.0, beta)
+  expected = numerical_grad(lambda x: np_gjsd(x, t, 2.0, beta).mean(), s)
+  np.testing.assert_allclose(grad, expected, rtol=1e-3, atol=1e-6)
+  assert float(jnp.abs(teacher_grad(generalized_js_divergence)(s, t, 2.0, beta)).max()) == 0.0
+
+
+def test_generalized_js_is_stable_for_huge_logit_gaps_and_computes_in_float32():
+  s = np.array([[1000.0, -1000.0, 0.0]], np.float32)
+  t = np.array([[-1000.0, 1000.0, 0.0]], np.float32)
+  # Disjoint supports: the mixture separates them, JSD(β) = H(β).
+  got = gjsd(s, t, 1.0, 0.2)
+  assert float(got[0]) == pytest.approx(-0.2 * math.log(0.2) - 0.8 * math.log(0.8), rel=1e-5)
+  assert np.isfinite(student_grad(generalized_js_divergence)(s, t, 1.0, 0.2)).all()
+  a, b = random_pair(35, (4, 10))
+  low = generalized_js_divergence(jnp.asarray(a, jnp.bfloat16), jnp.asarray(b, jnp.bfloat16), 2.0, 0.3)
+  assert low.dtype == jnp.float32
+
+
+def test_gkd_method_is_ce_plus_t_squared_generalized_js():
+  s, t = random_pair(36, (6, 10))
+  y = np.arange(6) % 10
+  from kdjax.methods import make_method
+  method = make_method("gkd", alpha=0.3, temperature=3.0, beta=0.8)
+  loss_B, terms = method(s, {}, (t, {}), {"label": y, "step": 0}, {})
+  ce = -np_log_softmax(np.float64(s))[np.arange(6), y]
+  np.testing.assert_allclose(terms["gjsd"], np_gjsd(s, t, 3.0, 0.8), rtol=1e-3, atol=1e-6)
+  np.testing.assert_allclose(loss_B, 0.3 * ce + 0.7 * 9.0 * np_gjsd(s, t, 3.0, 0.8), rtol=1e-3, atol=1e-5)
+  half = make_method("gkd", alpha=0.3, temperature=3.0, beta=0.5)(s, {}, (t, {}), {"label": y, "step": 0}, {})[0]
+  np.testing.assert_allclose(half, make_method("js_kd", alpha=0.3, temperature=3.0)(
+      s, {}, (t, {}), {"label": y, "step": 0}, {})[0], rtol=1e-5)

@@ -10,7 +10,7 @@ from harness import smoke
 
 from kdjax.config import TrainConfig
 from kdjax.losses import hard_cross_entropy, hinton_kd_loss
-from kdjax.methods import make_method, method_names
+from kdjax.methods import Method, make_method, method_hparams, method_names, method_spec, study_hparams, vmapped_hparams
 from kdjax.models import create_model, split_model
 from kdjax.train import distill, fit, init_train_state, make_eval_step, make_train_step, train_teacher
 
@@ -37,18 +37,81 @@ def _logits(seed=0, b=8, c=10):
           rng.integers(0, c, b))
 
 
-LOGIT_METHODS = ["hinton", "reverse_kd", "js_kd", "dkd", "dist"]
-FEATURE_METHODS = ["at", "nst", "sp", "rkd", "pkt", "cc", "fitnet", "crd", "crd_queue", "crd_inbatch", "reviewkd",
-                   "vid", "ft", "ab", "fsp"]
-SELF_METHODS = ["tf_kd", "byot"]  # no teacher: tested in test_self_kd.py
-DOMAIN_METHODS = ["domain_kd"]  # needs unlabelled target-domain images in the batch: tested in test_domain.py
-ADVERSARIAL_METHODS = ["ard", "adversarial_training"]  # the step attacks the student: tested in test_adversarial.py
+# Where each family of the registry is tested; every registered method is in one.
+TESTED_IN = {
+    "baseline": "here (supervised, the student alone)",
+    "logit": "here, every method training a student (test_logit_methods.py: the losses)",
+    "feature": "here and test_feature_methods_more.py", "relation": "here",
+    "contrastive": "test_contrastive_review.py", "review": "test_contrastive_review.py",
+    "self": "test_self_kd.py (no teacher)",
+    "domain": "test_domain.py (unlabelled target-domain images in the batch)",
+    "adversarial": "test_adversarial.py (the step attacks the student)",
+}
+LOGIT_METHODS = [n for n in method_names() if method_spec(n).family == "logit"]
 
 
-def test_every_method_is_covered_here_and_names_its_paper():
-  from kdjax.methods import PAPERS
-  assert set(method_names()) == {"supervised", *LOGIT_METHODS, *FEATURE_METHODS, *SELF_METHODS,
-                                *DOMAIN_METHODS, *ADVERSARIAL_METHODS} == set(PAPERS)
+def test_every_method_has_a_tested_family_a_paper_and_meaningful_hyperparameter_roles():
+  from kdjax.methods import PAPERS, REGISTRY
+  assert set(PAPERS) == set(REGISTRY) == set(method_names())
+  assert {"hinton", "reverse_kd", "js_kd", "gkd", "dkd", "dist"} <= set(LOGIT_METHODS)
+  for name, spec in REGISTRY.items():
+    assert spec.name == name and spec.family in TESTED_IN and spec.paper, name
+    hparams = method_hparams(name)
+    roles = [h for h in (spec.temperature, spec.label_weight, *spec.vmappable) if h is not None]
+    assert all(h in hparams for h in roles), (name, roles)  # the roles name the factory's own hyperparameters
+    assert spec.label_weight is None or spec.temperature is not None, name
+    assert isinstance(make_method(name, **DEFAULTS.get(name, {})), Method), name
+
+
+def test_the_registry_says_which_hyperparameters_studies_and_sweeps_set():
+  assert [n for n in method_names() if method_spec(n).label_weight] == ["gkd", "hinton", "js_kd", "reverse_kd"]
+  assert [n for n in method_names() if method_spec(n).temperature] == ["dist", "dkd", "gkd", "hinton", "js_kd",
+                                                                       "reverse_kd"]
+  assert vmapped_hparams("hinton", {"alpha": 0.5, "temperature": 4.0, "standardize": True}) == ["temperature", "alpha"]
+  assert vmapped_hparams("dkd", (("beta", 8.0), ("temperature", 4.0), ("alpha", 1.0))) == ["temperature", "beta"]
+  assert vmapped_hparams("gkd", ["beta", "temperature"]) == ["temperature"]  # GKD's skew is checked in Python
+  assert vmapped_hparams("crd_inbatch", {"temperature": 0.07}) == []  # a contrastive tau, not the KD T
+  assert study_hparams("hinton", {"temperature": 2.0}, temperature=20.0, alpha=0.5) == {"temperature": 2.0,
+                                                                                         "alpha": 0.5}
+  assert study_hparams("dkd", {"beta": 4.0}, temperature=20.0, alpha=0.5) == {"beta": 4.0}  # DKD keeps its own T
+
+
+def test_make_method_names_an_unknown_or_missing_hyperparameter_and_lists_them():
+  with pytest.raises(ValueError, match=r"method 'dkd' has no hyperparameter 'foo'; its hyperparameters: "
+                                       r"alpha=1.0, beta=8.0, temperature=4.0, ce_weight=1.0"):
+    make_method("dkd", foo=1)
+  with pytest.raises(ValueError, match=r"method 'hinton' needs 'alpha', 'temperature'"):
+    make_method("hinton")
+  params = method_hparams("dkd")
+  assert params["beta"].default == 8.0 and list(params)[:3] == ["alpha", "beta", "temperature"]
+  with pytest.raises(ValueError, match="unknown method 'ofa'; known methods: .*gkd.*hinton"):
+    method_hparams("ofa")
+
+
+def test_a_method_is_a_small_immutable_value_not_a_pytree():
+  method = make_method("crd_queue", queue_size=8)
+  assert isinstance(method, Method) and method.init is not None and method.init_state is not None
+  assert method.adversary is None and method.head_logits is None and not method.multi_teacher
+  with pytest.raises(dataclasses.FrozenInstanceError):
+    method.init = None
+  assert jax.tree.leaves(method) == [method]  # configuration, never traced data
+  s, t, y = _logits()
+  hinton = make_method("hinton", alpha=0.3, temperature=5.0)
+  batch = {"label": y, "step": 0}
+  np.testing.assert_array_equal(hinton(s, {}, (t, {}), batch, {})[0], hinton.loss(s, {}, (t, {}), batch, {})[0])
+
+
+def test_as_method_refuses_the_old_attribute_interface():
+  from kdjax.methods import as_method
+
+  def loss(student_logits, student_feats, teacher, batch, params):
+    return student_logits.sum(-1), {}
+
+  loss.init = lambda key, s, t: {}
+  with pytest.raises(ValueError, match=r"pass init as keyword arguments"):
+    as_method(loss, needs_teacher=False)
+  with pytest.raises(TypeError, match="already a Method"):
+    as_method(make_method("supervised"), needs_teacher=False)
 
 
 # Standardization is one shared code path: two methods check it with the rest.

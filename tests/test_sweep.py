@@ -49,6 +49,9 @@ def test_grid_expands_drops_keys_a_method_does_not_take_and_groups_scalar_variat
   assert len(runs) == 2 * len(variants)
   hinton = next(r for r in runs if r.method == "hinton")
   assert dict(hinton.hparams) == {"alpha": BASE.alpha, "temperature": 2.0}
+  # the `temperature` key is DKD's KD temperature too (the registry's MethodSpec.temperature); no alpha for DKD
+  assert {tuple(sorted(dict(r.hparams).items())) for r in runs if r.method == "dkd"} == {
+      (("beta", b), ("temperature", t)) for b in (4.0, 8.0) for t in (2.0, 8.0)}
   groups = group_runs(runs)
   assert [(g[0].method, len(g)) for g in groups] == [("supervised", 2), ("hinton", 4), ("dkd", 8)]
   assert [len(g) for g in group_runs(runs, max_parallel=3)] == [2, 3, 1, 3, 3, 2]
@@ -163,11 +166,17 @@ def test_method_hyperparameters_are_typed_by_their_defaults():
 
 
 def test_grid_corner_cases_from_review():
-  from kdjax.sweep.train import traced_hparams
+  from kdjax.methods import vmapped_hparams
   # CRD's temperature is its contrastive tau: never traced, different values train apart
   runs = expand(parse_grid(["method=crd_inbatch", "method.temperature=0.05,0.1", "seed=0"], BASE), BASE)
-  assert traced_hparams("crd_inbatch", runs[0].hparams) == [] and len(group_runs(runs)) == 2
-  assert traced_hparams("dkd", (("beta", 8.0), ("temperature", 4.0))) == ["temperature", "beta"]
+  assert vmapped_hparams("crd_inbatch", runs[0].hparams) == [] and len(group_runs(runs)) == 2
+  assert vmapped_hparams("dkd", (("beta", 8.0), ("temperature", 4.0))) == ["temperature", "beta"]
+  # groups follow the registry's vmappable hyperparameters, however the grid spells the key
+  runs = expand(parse_grid(["method=hinton", "method.temperature=2,4", "seed=0"], BASE), BASE)
+  assert [len(g) for g in group_runs(runs)] == [2]
+  runs = expand(parse_grid(["method=gkd", "temperature=2,4", "method.beta=0.2,0.8", "seed=0"], BASE), BASE)
+  assert sorted(len(g) for g in group_runs(runs)) == [2, 2]  # GKD's skew is static: one group per beta
+  assert all(dict(r.hparams)["alpha"] == BASE.alpha for r in runs)  # Hinton-style: the study's alpha
   # DKD and DIST keep their own temperature unless the grid sets one; Hinton KD takes the study's
   dkd, hinton = expand(parse_grid(["method=dkd,hinton", "seed=0"], BASE), BASE)
   assert "temperature" not in dict(dkd.hparams) and dict(hinton.hparams)["temperature"] == BASE.temperature
@@ -179,6 +188,8 @@ def test_grid_corner_cases_from_review():
   assert run.cfg.distilled.decay_epochs == (1, 2) and run.variant == "distilled.decay_epochs=1+2"
   with pytest.raises(ValueError, match="both set the temperature"):
     parse_grid(["temperature=2", "method.temperature=4"], BASE)
+  with pytest.raises(ValueError, match="sweeps take the method from the grid"):
+    parse_grid(["seed=0"], override(BASE, ["method=dkd"]))
 
 
 def test_a_resumed_sweep_with_keys_reordered_trains_nothing_and_reports_the_new_labels(data, teacher, monkeypatch,

@@ -10,9 +10,9 @@ import warnings
 import numpy as np
 import pytest
 
+from kdjax.stats import betainc, paired_difference, t_cdf, t_quantile
 from kdjax.sweep.plots import plot_against, plot_curves, plot_final
 from kdjax.sweep.report import format_markdown, summarize, write_csv, write_report
-from kdjax.sweep.stats import betainc, paired_difference, t_cdf, t_quantile
 from kdjax.sweep.store import append_record, best_and_final, finished_ids, load_records, run_id
 
 TEST_SIZE = 10_000

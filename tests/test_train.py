@@ -9,7 +9,7 @@ import optax
 import pytest
 
 from kdjax.config import TrainConfig
-from kdjax.methods import hinton_kd, supervised
+from kdjax.methods import Method, hinton_kd, supervised
 from kdjax.models import create_model, split_model
 from kdjax.train import (NonFiniteLossError, distill, fit, init_train_state, make_eval_step, make_train_step,
                          train_student, train_teacher)
@@ -116,7 +116,7 @@ def test_distill_rejects_bad_hyperparameters_before_training(small_mnist, teache
 
 def test_a_non_finite_step_leaves_the_state_unchanged(small_mnist):
   graphdef, tx, state = _student()
-  nan_method = lambda logits, feats, teacher, batch, params: (jnp.full(logits.shape[:1], jnp.nan), {})
+  nan_method = Method(lambda logits, feats, teacher, batch, params: (jnp.full(logits.shape[:1], jnp.nan), {}))
   before = jax.tree.map(np.array, state.params)
   step = make_train_step(graphdef, tx, nan_method)
   state, metrics = step(state, None, _batch(small_mnist))

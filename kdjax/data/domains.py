@@ -15,6 +15,7 @@ import math
 import numpy as np
 
 from kdjax.data.dataset import ArrayDataset
+from kdjax.data.sources import load_dataset
 
 
 def _rotate(images: np.ndarray, degrees: float) -> np.ndarray:
@@ -93,7 +94,6 @@ def domain_pair(source: ArrayDataset, target: str | ArrayDataset) -> tuple[Array
     name = f"{source.name} -> {target}"
   else:
     if isinstance(target, str):
-      from kdjax.data import load_dataset
       target = load_dataset(target)
     if target.num_classes != source.num_classes:
       raise ValueError(f"the target domain {target.name!r} has {target.num_classes} classes, the source "

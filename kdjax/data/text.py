@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from kdjax.data.dataset import PAD_ID, ArrayDataset, check_tokens
+from kdjax.data.tfds_source import open_tfds
 
 PAD, UNK = "<pad>", "<unk>"
 UNK_ID = 1
@@ -231,9 +232,7 @@ def rotten_tomatoes(path: str | Path | None = None, *, test_fraction: float = 0.
 def imdb_reviews(data_dir: str | None = None, *, download: bool = False, max_len: int = 256,
                  vocab: Sequence[str] | None = None, min_count: int = 2) -> ArrayDataset:
   """TFDS ``imdb_reviews`` (plain text, 25,000 train and 25,000 test reviews) through
-  ``tfds.data_source``; tensorflow-datasets is imported only here."""
-  from kdjax.data.tfds_source import open_tfds
-
+  ``tfds.data_source``; tensorflow-datasets is imported only here (by :func:`open_tfds`)."""
   train, test, info = open_tfds("imdb_reviews", data_dir, download=download)
 
   def read(source):

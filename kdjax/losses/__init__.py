@@ -32,6 +32,7 @@ from kdjax.losses.feature import (
 from kdjax.losses.logit import (
     dist_loss,
     dkd_loss,
+    generalized_js_divergence,
     hard_cross_entropy,
     hinton_kd_loss,
     js_divergence,
@@ -43,7 +44,7 @@ from kdjax.losses.logit import (
 from kdjax.losses.online import mutual_kl, online_kd_loss
 from kdjax.losses.review import hcl_level_loss, hcl_loss
 from kdjax.losses.self_kd import tf_kd_reg_loss, virtual_teacher_probs
-from kdjax.losses.validate import check_alpha, check_epsilon, check_pgd, check_temperature
+from kdjax.losses.validate import check_alpha, check_epsilon, check_pgd, check_skew, check_temperature
 
 __all__ = [
     "contrast_loss",
@@ -76,9 +77,11 @@ __all__ = [
     "check_alpha",
     "check_epsilon",
     "check_pgd",
+    "check_skew",
     "check_temperature",
     "dist_loss",
     "dkd_loss",
+    "generalized_js_divergence",
     "hard_cross_entropy",
     "hinton_kd_loss",
     "js_divergence",

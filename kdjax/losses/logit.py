@@ -11,7 +11,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from kdjax.losses.validate import check_alpha, check_temperature
+from kdjax.losses.validate import check_alpha, check_skew, check_temperature
 
 Array = jax.Array
 
@@ -179,6 +179,50 @@ def js_divergence(
   # log m = log((p_s + p_t) / 2), computed stably in log space.
   log_m = jnp.logaddexp(log_p_s, log_p_t) - jnp.log(2.0)
   return jnp.maximum(0.5 * (_kl_from_logs(log_p_t, log_m) + _kl_from_logs(log_p_s, log_m)), 0.0)
+
+
+def generalized_js_divergence(
+    student_logits: Array,
+    teacher_logits: Array,
+    temperature: float | Array = 1.0,
+    beta: float | Array = 0.5,
+) -> Array:
+  r"""Per-example generalized Jensen–Shannon divergence with skew ``β`` (GKD: Agarwal et al.,
+  ICLR 2024, "On-Policy Distillation of Language Models: Learning from Self-Generated Mistakes",
+  eq. 1), between softened distributions, with the teacher as ``P`` and the student as ``Q``:
+
+  .. math::
+      \mathrm{JSD}(\beta)(p_t\,\|\,p_s) = \beta\,\mathrm{KL}(p_t\,\|\,m) + (1-\beta)\,\mathrm{KL}(p_s\,\|\,m),
+      \quad m = \beta\,p_t + (1-\beta)\,p_s,\ p = \mathrm{softmax}(z/T)
+
+  the convention of TRL's ``GKDTrainer.generalized_jsd_loss`` (its mixture is
+  ``β·teacher + (1−β)·student``). ``β = 0.5`` is :func:`js_divergence`. It is bounded by the
+  binary entropy ``−β log β − (1−β) log(1−β)``.
+
+  The endpoints are degenerate: at ``β = 0`` or ``1`` the mixture is one of the two
+  distributions and the divergence is identically 0. Near them it is a *scaled* KL:
+  ``JSD(β) ≈ β·KL(p_t ‖ p_s)`` (forward KL, :func:`kl_divergence`) as ``β → 0`` and
+  ``JSD(β) ≈ (1−β)·KL(p_s ‖ p_t)`` (reverse KL, :func:`reverse_kl_divergence`) as ``β → 1``.
+  TRL special-cases ``β = 0`` and ``β = 1`` to return those KLs unscaled (a jump at the
+  endpoints); here a concrete ``β`` outside the open interval ``(0, 1)`` is rejected instead:
+  use the KL losses themselves for the limits. The mixture is formed in log space
+  (``log m = logaddexp(log β + log p_t, log(1−β) + log p_s)``), so large logit gaps stay finite.
+  No ``T²`` factor.
+
+  Args:
+    student_logits: ``[..., C]`` student logits ``s``.
+    teacher_logits: ``[..., C]`` teacher logits ``t`` (gradient is stopped).
+    temperature: softening temperature ``T > 0``.
+    beta: the skew ``β`` in ``(0, 1)``, the teacher's weight in the mixture.
+
+  Returns:
+    ``[...]`` per-example divergence, float32.
+  """
+  check_skew(beta)
+  log_p_s, log_p_t = _log_probs(student_logits, teacher_logits, temperature)
+  b = jnp.asarray(beta, jnp.float32)
+  log_m = jnp.logaddexp(log_p_t + jnp.log(b), log_p_s + jnp.log1p(-b))
+  return jnp.maximum(b * _kl_from_logs(log_p_t, log_m) + (1.0 - b) * _kl_from_logs(log_p_s, log_m), 0.0)
 
 
 def dkd_loss(

@@ -25,6 +25,14 @@ def check_alpha(alpha) -> None:
     raise ValueError(f"alpha (weight of the hard-label term) must lie in [0, 1], got {alpha!r}")
 
 
+def check_skew(beta) -> None:
+  """The skew of the generalized Jensen–Shannon divergence: strictly between 0 and 1."""
+  if _concrete(beta) and not (0.0 < beta < 1.0):
+    raise ValueError(f"beta (the skew of the generalized Jensen-Shannon divergence) must lie strictly between 0 "
+                     f"and 1, got {beta!r}; its limits are forward KL (beta -> 0, method hinton) and reverse KL "
+                     f"(beta -> 1, method reverse_kd), each scaled towards 0")
+
+
 def is_traced(x) -> bool:
   """A value traced under ``jit`` or ``vmap`` (checked by whoever chose it, not here)."""
   import jax

@@ -1,7 +1,7 @@
 """Adversarial methods: the model learns on adversarial examples of itself, made inside the step.
 
-A method here carries ``method.adversary``, an :class:`Adversary` (L∞ budget ``eps``, PGD
-``steps`` and ``step_size``). The train step (:func:`kdjax.train.steps.update_student`) then makes
+A method here has ``method.adversary``, an :class:`Adversary` (L∞ budget ``eps``, PGD
+``steps`` and ``step_size``). The train step (:func:`kdjax.train.step.student_step`) then makes
 PGD examples of each batch against the student as it is before the update (inference mode,
 cross-entropy on the labels, random start, projected onto the ε-ball and ``[0, 1]``; no gradient
 flows through the attack), runs the student on the adversarial images in a training-mode pass of
@@ -58,9 +58,7 @@ def adversarial_training(*, eps: float = 0.1, steps: int = 7, step_size: float |
     adv_ce = hard_cross_entropy(adversarial_outputs(batch, "adversarial_training")[0], batch["label"])
     return adv_ce, {"adv_ce": adv_ce}
 
-  method = as_method(method, needs_teacher=False)
-  method.adversary = adversary
-  return method
+  return as_method(method, needs_teacher=False, adversary=adversary)
 
 
 def ard(*, alpha: float = 1.0, temperature: float = 30.0, eps: float = 0.1, steps: int = 7,
@@ -84,9 +82,5 @@ def ard(*, alpha: float = 1.0, temperature: float = 30.0, eps: float = 0.1, step
     loss = alpha * temperature**2 * adv_kl + (1.0 - alpha) * ce
     return loss, {"ce": ce, "adv_kl": adv_kl, "adv_ce": hard_cross_entropy(adv_logits, batch["label"])}
 
-  method = as_method(method, needs_teacher=True)
-  method.adversary = adversary
-  return method
+  return as_method(method, needs_teacher=True, adversary=adversary)
 
-
-METHODS = {"ard": ard, "adversarial_training": adversarial_training}

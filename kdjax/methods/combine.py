@@ -7,6 +7,15 @@ import jax
 from kdjax.methods.base import Method, as_method, call_method
 
 
+def check_parts(who: str, parts: dict) -> None:
+  """Every part is ``(weight >= 0, Method)``."""
+  for name, part in parts.items():
+    if not (isinstance(part, tuple) and len(part) == 2 and isinstance(part[1], Method)):
+      raise ValueError(f"{who}: part {name!r} must be (weight, method), a kdjax.methods.Method, got {part!r}")
+    if not part[0] >= 0:
+      raise ValueError(f"{who}: the weight of {name!r} must be >= 0, got {part[0]}")
+
+
 def combine(parts: dict[str, tuple[float, Method]]) -> Method:
   """``Σ_name weight·method_name``: e.g. Hinton KD plus a feature method,
 
@@ -19,19 +28,15 @@ def combine(parts: dict[str, tuple[float, Method]]) -> Method:
   """
   if not parts:
     raise ValueError("combine needs at least one method")
-  for name, part in parts.items():
-    if not (isinstance(part, tuple) and len(part) == 2 and callable(part[1])):
-      raise ValueError(f"combine: part {name!r} must be (weight, method), got {part!r}")
-    if not part[0] >= 0:
-      raise ValueError(f"combine: the weight of {name!r} must be >= 0, got {part[0]}")
+  check_parts("combine", parts)
 
   def init(key, student_shapes, teacher_shapes):
-    return {name: m.init(jax.random.fold_in(key, i), student_shapes, teacher_shapes) if hasattr(m, "init") else {}
+    return {name: m.init(jax.random.fold_in(key, i), student_shapes, teacher_shapes) if m.init is not None else {}
             for i, (name, (_, m)) in enumerate(parts.items())}
 
   def init_state(key, student_shapes, teacher_shapes, num_examples):
     return {name: m.init_state(jax.random.fold_in(key, i), student_shapes, teacher_shapes, num_examples)
-            if hasattr(m, "init_state") else {} for i, (name, (_, m)) in enumerate(parts.items())}
+            if m.init_state is not None else {} for i, (name, (_, m)) in enumerate(parts.items())}
 
   def method(student_logits, student_feats, teacher, batch, params):
     total, terms, new_state = 0.0, {}, {}
@@ -43,17 +48,15 @@ def combine(parts: dict[str, tuple[float, Method]]) -> Method:
       terms.update({f"{name}/{k}": v for k, v in part_terms.items()})
     return total, terms, new_state
 
-  method.init, method.init_state = init, init_state
-  multi = {getattr(m, "multi_teacher", False) for _, m in parts.values() if getattr(m, "needs_teacher", False)}
+  multi = {m.multi_teacher for _, m in parts.values() if m.needs_teacher}
   if len(multi) > 1:
     raise ValueError("combine: some parts take one teacher and some several; wrap the single-teacher parts "
                      "in kdjax.methods.per_teacher")
   # An adversarial part (kdjax.methods.adversarial) makes the step attack the student once for all parts.
-  adversaries = {m.adversary for _, m in parts.values() if getattr(m, "adversary", None) is not None}
+  adversaries = {m.adversary for _, m in parts.values() if m.adversary is not None}
   if len(adversaries) > 1:
     raise ValueError(f"combine: the parts attack the student in different ways ({sorted(adversaries)}); "
                      "give every adversarial part the same eps, steps and step_size")
-  if adversaries:
-    method.adversary = adversaries.pop()
-  return as_method(method, needs_teacher=any(getattr(m, "needs_teacher", False) for _, m in parts.values()),
-                   multi_teacher=multi == {True})
+  return as_method(method, needs_teacher=any(m.needs_teacher for _, m in parts.values()),
+                   multi_teacher=multi == {True}, init=init, init_state=init_state,
+                   adversary=adversaries.pop() if adversaries else None)

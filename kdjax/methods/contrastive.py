@@ -160,9 +160,7 @@ def crd(*, student_layer: str = "pre_logits", teacher_layer: str = "pre_logits",
                  "z_student": z_s, "z_teacher": z_t, "z_fixed": jnp.ones((), bool)}
     return ce_weight * ce + weight * loss, {"ce": ce, "crd": loss}, jax.lax.stop_gradient(new_state)
 
-  method.init = init
-  method.init_state = init_state
-  return as_method(method, needs_teacher=True)
+  return as_method(method, needs_teacher=True, init=init, init_state=init_state)
 
 
 def crd_queue(*, student_layer: str = "pre_logits", teacher_layer: str = "pre_logits", feat_dim: int = 128,
@@ -213,9 +211,7 @@ def crd_queue(*, student_layer: str = "pre_logits", teacher_layer: str = "pre_lo
                  "pointer": (state["pointer"] + b) % q}
     return ce_weight * ce + weight * loss, {"ce": ce, "crd": loss}, jax.lax.stop_gradient(new_state)
 
-  method.init = init
-  method.init_state = init_state
-  return as_method(method, needs_teacher=True)
+  return as_method(method, needs_teacher=True, init=init, init_state=init_state)
 
 
 def crd_inbatch(*, student_layer: str = "pre_logits", teacher_layer: str = "pre_logits", feat_dim: int = 128,
@@ -242,8 +238,5 @@ def crd_inbatch(*, student_layer: str = "pre_logits", teacher_layer: str = "pre_
     ce = hard_cross_entropy(student_logits, batch["label"])
     return ce_weight * ce + weight * loss, {"ce": ce, "crd": loss}
 
-  method.init = init
-  return as_method(method, needs_teacher=True)
+  return as_method(method, needs_teacher=True, init=init)
 
-
-METHODS = {"crd": crd, "crd_queue": crd_queue, "crd_inbatch": crd_inbatch}

@@ -137,14 +137,10 @@ def domain_kd(*, alpha: float = 0.5, temperature: float = 4.0, align: str = "mmd
       terms["target_kl"] = target_kl
     return loss, terms
 
-  if align == "dann":
-    def init(key, student_shapes, teacher_shapes):
-      del teacher_shapes
-      shape = pick_feature(student_shapes, feature, "student").shape
-      return {"discriminator": _discriminator_init(key, math.prod(shape[1:]), dann_hidden)}
+  def init(key, student_shapes, teacher_shapes):
+    del teacher_shapes
+    shape = pick_feature(student_shapes, feature, "student").shape
+    return {"discriminator": _discriminator_init(key, math.prod(shape[1:]), dann_hidden)}
 
-    method.init = _jitted_init(init)
-  return as_method(method, needs_teacher=True)
+  return as_method(method, needs_teacher=True, init=_jitted_init(init) if align == "dann" else None)
 
-
-METHODS = {"domain_kd": domain_kd}

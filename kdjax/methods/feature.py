@@ -100,8 +100,7 @@ def correlation_congruence(*, layers=("pre_logits",), weight: float = 0.02, embe
     t_feats = {l: embed(params[l]["teacher"], pick_feature(teacher[1], l, "teacher")) for l in layers}
     return loss(student_logits, s_feats, (teacher[0], t_feats), batch, {})
 
-  method.init = init
-  return as_method(method, needs_teacher=True)
+  return as_method(method, needs_teacher=True, init=init)
 
 
 def _size(shape) -> int:
@@ -167,8 +166,7 @@ def fitnet(*, student_layer: str = "block2", teacher_layer: str = "block2", weig
     hint = hint_loss(_regress(params["regressor"], s), t)
     return ce_weight * ce + weight * hint, {"ce": ce, "hint": hint}
 
-  method.init = init
-  return as_method(method, needs_teacher=True)
+  return as_method(method, needs_teacher=True, init=init)
 
 
 def _pair(name: str, layer: str, student_shapes, teacher_shapes, *, maps_only: bool = False, pooled: bool = True):
@@ -261,8 +259,7 @@ def vid(*, layers=("block1", "block2"), weight: float = 1.0, init_pred_var: floa
       total = total + vid_loss(mean, t, jax.nn.softplus(p["log_scale"]) + eps)
     return ce_weight * ce + weight * total, {"ce": ce, "vid": total}
 
-  method.init = _jitted_init(init)
-  return as_method(method, needs_teacher=True)
+  return as_method(method, needs_teacher=True, init=_jitted_init(init))
 
 
 def _leaky(x):
@@ -356,8 +353,7 @@ def factor_transfer(*, layers=("block2",), weight: float = 200.0, rate: float = 
       ft = ft + factor_transfer_loss(_encode(parts["translator"], s), t_factor, p)  # stops t_factor's gradient
     return ce_weight * ce + weight * ft + recon_weight * recon, {"ce": ce, "ft": ft, "ft_recon": recon}
 
-  method.init = _jitted_init(init)
-  return as_method(method, needs_teacher=True)
+  return as_method(method, needs_teacher=True, init=_jitted_init(init))
 
 
 def activation_boundary(*, layers=("block1", "block2"), weight: float = 1.0, margin: float = 1.0,
@@ -412,8 +408,7 @@ def activation_boundary(*, layers=("block1", "block2"), weight: float = 1.0, mar
     loss = _staged(ce, ab, batch, init_steps=init_steps, weight=weight, ce_weight=ce_weight)
     return loss, {"ce": ce, "ab": ab}
 
-  method.init = _jitted_init(init)
-  return as_method(method, needs_teacher=True)
+  return as_method(method, needs_teacher=True, init=_jitted_init(init))
 
 
 def _check_fsp_shapes(layers, student, teacher) -> None:
@@ -467,10 +462,5 @@ def fsp(*, layers=("block1", "block2"), weight: float = 50.0, init_steps: int = 
     loss = _staged(ce, term, batch, init_steps=init_steps, weight=weight, ce_weight=ce_weight)
     return loss, {"ce": ce, "fsp": term}
 
-  method.init = init
-  return as_method(method, needs_teacher=True)
+  return as_method(method, needs_teacher=True, init=init)
 
-
-METHODS = {"at": attention, "nst": nst, "sp": similarity_preserving, "rkd": rkd, "pkt": pkt,
-           "cc": correlation_congruence, "fitnet": fitnet, "vid": vid, "ft": factor_transfer,
-           "ab": activation_boundary, "fsp": fsp}

@@ -1,11 +1,14 @@
-"""Logit-level methods: KD with a divergence between softened outputs, DKD, DIST."""
+"""Logit-level methods: KD with a divergence between softened outputs (KL, reverse KL, JS, GKD's
+skewed JS), DKD, DIST."""
 
 from __future__ import annotations
 
+import functools
+
 import jax.numpy as jnp
 
-from kdjax.losses import (check_alpha, check_temperature, dist_loss, dkd_loss, hard_cross_entropy, js_divergence,
-                          kl_divergence, reverse_kl_divergence, standardize_logits)
+from kdjax.losses import (check_alpha, check_skew, check_temperature, dist_loss, dkd_loss, generalized_js_divergence,
+                          hard_cross_entropy, js_divergence, kl_divergence, reverse_kl_divergence, standardize_logits)
 from kdjax.methods.base import Method, as_method
 
 
@@ -63,6 +66,19 @@ def js_kd(*, alpha: float = 0.5, temperature: float = 4.0, standardize: bool = F
   return _divergence_kd(js_divergence, "js", alpha=alpha, temperature=temperature, standardize=standardize)
 
 
+def gkd(*, alpha: float = 0.5, temperature: float = 4.0, beta: float = 0.5, standardize: bool = False) -> Method:
+  """``α·CE + (1−α)·T²·JSD(β)(softmax(t/T) ‖ softmax(s/T))``: KD with the generalized
+  Jensen–Shannon divergence of GKD (Agarwal et al., ICLR 2024), skew ``β`` in ``(0, 1)``, the
+  teacher's weight in the mixture (:func:`kdjax.losses.generalized_js_divergence`; ``β = 0.5`` is
+  :func:`js_kd`, small ``β`` behaves as forward KL and ``β`` near 1 as reverse KL, scaled by ``β``
+  and ``1 − β``). GKD's on-policy part (training on the student's own samples) is for sequence
+  models and is not here: this is its divergence on the training inputs. Logs ``ce`` and
+  ``gjsd`` (before the ``T²`` factor)."""
+  check_skew(beta)
+  return _divergence_kd(functools.partial(generalized_js_divergence, beta=beta), "gjsd", alpha=alpha,
+                        temperature=temperature, standardize=standardize)
+
+
 def dkd(*, alpha: float = 1.0, beta: float = 8.0, temperature: float = 4.0, ce_weight: float = 1.0,
         warmup_steps: int = 0, standardize: bool = False) -> Method:
   """Decoupled KD (Zhao et al. 2022): ``ce_weight·CE + w(step)·DKD``.
@@ -99,6 +115,3 @@ def dist_kd(*, beta: float = 1.0, gamma: float = 1.0, temperature: float = 1.0, 
 
   return as_method(method, needs_teacher=True)
 
-
-METHODS = {"supervised": supervised, "hinton": hinton_kd, "reverse_kd": reverse_kd, "js_kd": js_kd, "dkd": dkd,
-           "dist": dist_kd}

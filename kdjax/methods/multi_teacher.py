@@ -12,6 +12,7 @@ the same architecture stacked under one ``jax.vmap``) and is marked ``multi_teac
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 
 import jax.numpy as jnp
@@ -20,7 +21,7 @@ from kdjax.losses import check_alpha, check_temperature, hard_cross_entropy, kl_
 from kdjax.losses.multi_teacher import (COMBINES, best_teacher_weights, confidence_weights, entropy_weights,
                                         fixed_weights, multi_teacher_kl, uniform_weights)
 from kdjax.methods.base import Method, as_method
-from kdjax.methods.combine import combine
+from kdjax.methods.combine import check_parts, combine
 
 WEIGHTINGS = ("mean", "fixed", "confidence", "entropy", "best")
 
@@ -99,8 +100,7 @@ def multi_teacher_kd(*, alpha: float = 0.5, temperature: float = 4.0, weighting:
       terms.update({f"weight/{n}": w[i] for i, n in enumerate(names)})
     return alpha * ce + (1.0 - alpha) * temperature**2 * kd, terms
 
-  method.init = init
-  return as_method(method, needs_teacher=True, multi_teacher=True)
+  return as_method(method, needs_teacher=True, multi_teacher=True, init=init)
 
 
 def _routed(name: str, m: Method) -> Method:
@@ -109,13 +109,15 @@ def _routed(name: str, m: Method) -> Method:
   def method(student_logits, student_feats, teacher, batch, params):
     return m(student_logits, student_feats, teacher[name], batch, params)
 
-  if hasattr(m, "init"):
-    method.init = lambda key, s_shapes, t_shapes: m.init(key, s_shapes, t_shapes[name])
-  if hasattr(m, "init_state"):
-    method.init_state = lambda key, s_shapes, t_shapes, n: m.init_state(key, s_shapes, t_shapes[name], n)
-  if getattr(m, "adversary", None) is not None:  # ARD from each teacher: combine attacks once for all
-    method.adversary = m.adversary
-  return as_method(method, needs_teacher=True)
+  def init(key, student_shapes, teacher_shapes):
+    return m.init(key, student_shapes, teacher_shapes[name])
+
+  def init_state(key, student_shapes, teacher_shapes, num_examples):
+    return m.init_state(key, student_shapes, teacher_shapes[name], num_examples)
+
+  # An adversary (ARD from each teacher) goes with it: combine attacks once for all.
+  return as_method(method, needs_teacher=True, init=init if m.init is not None else None,
+                   init_state=init_state if m.init_state is not None else None, adversary=m.adversary)
 
 
 def per_teacher(parts: Mapping[str, tuple[float, Method]]) -> Method:
@@ -131,21 +133,17 @@ def per_teacher(parts: Mapping[str, tuple[float, Method]]) -> Method:
   """
   if not parts:
     raise ValueError("per_teacher needs at least one (teacher name: (weight, method)) entry")
-  for name, part in parts.items():
-    if not (isinstance(part, tuple) and len(part) == 2 and callable(part[1])):
-      raise ValueError(f"per_teacher: part {name!r} must be (weight, method), got {part!r}")
-    if getattr(part[1], "multi_teacher", False):
+  check_parts("per_teacher", parts)
+  for name, (_, m) in parts.items():
+    if m.multi_teacher:
       raise ValueError(f"per_teacher: the method for {name!r} already takes several teachers")
   inner = combine({name: (w, _routed(name, m)) for name, (w, m) in parts.items()})
-  inner_init = getattr(inner, "init", None)
 
   def init(key, student_shapes, teacher_shapes):
     check_teacher_names(parts, teacher_shapes, "per_teacher")
-    return inner_init(key, student_shapes, teacher_shapes)
+    return inner.init(key, student_shapes, teacher_shapes)
 
-  inner.init = init
-  inner.multi_teacher = True
-  return inner
+  return dataclasses.replace(inner, init=init, multi_teacher=True)
 
 
 __all__ = ["WEIGHTINGS", "multi_teacher_kd", "per_teacher", "teacher_weights"]

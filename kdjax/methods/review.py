@@ -155,8 +155,5 @@ def reviewkd(*, layers=("block1", "block2", "pre_logits"), teacher_layers=None, 
     ramp = jnp.minimum(batch["step"] / warmup_steps, 1.0) if warmup_steps else 1.0
     return ce_weight * ce + weight * ramp * hcl, {"ce": ce, "reviewkd": hcl}
 
-  method.init = init
-  return as_method(method, needs_teacher=True)
+  return as_method(method, needs_teacher=True, init=init)
 
-
-METHODS = {"reviewkd": reviewkd}

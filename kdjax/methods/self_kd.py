@@ -257,10 +257,5 @@ def byot(*, taps=("block1", "block2"), num_classes: int | None = None, alpha: fl
       terms.update({f"ce/{tap}": ce_i, f"kl/{tap}": kl_i, f"feat/{tap}": feat_i})
     return total, terms
 
-  method.init = init
-  method.head_logits = head_logits
-  method.taps = taps
-  return as_method(method, needs_teacher=False)
+  return as_method(method, needs_teacher=False, init=init, head_logits=head_logits)
 
-
-METHODS = {"tf_kd": tf_kd, "byot": byot}

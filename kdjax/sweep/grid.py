@@ -5,9 +5,12 @@ Grid keys:
 - ``method``: registered method names (``kdjax list``); default ``hinton``.
 - ``seed``: integer seeds; default the preset's ``seeds``.
 - ``temperature`` and ``alpha``: the KD temperature and the weight of the label term, as in the
-  study config; they apply to the logit methods that take them (:data:`KD_TEMPERATURE`,
-  :data:`KD_ALPHA`) and are dropped from the others' variants (``supervised`` at three
-  temperatures is one variant, trained once per seed).
+  study config; they apply to the methods whose registry entry names such a hyperparameter
+  (:class:`kdjax.methods.MethodSpec`'s ``temperature`` and ``label_weight``) and are dropped from
+  the others' variants (``supervised`` at three temperatures is one variant, trained once per
+  seed). Hinton-style KD (a method with a ``label_weight``) takes both from the study config
+  unless the grid sets them; DKD and DIST keep their own temperature unless ``temperature`` is
+  a key.
 - ``method.<name>``: a hyperparameter of the method (``method.beta=4,8`` for DKD; a list-valued one
   joins its items with ``+``: ``method.layers=block1+block2,block2``); dropped from the variants of
   methods that do not take it.
@@ -15,8 +18,10 @@ Grid keys:
   ``distilled.model``, ``teacher.model``, ``distilled.epochs``, ...; a tuple field's items are
   joined by ``+``: ``distilled.decay_epochs=5+8``).
 
-Runs that differ only in :data:`VMAPPED` keys (seed, T, α, learning rate, DKD's/DIST's β) form one
-group: one vmapped program trains them all and runs the teacher once per batch for the group.
+Runs that differ only in seed, learning rate and the keys that set a hyperparameter the registry
+lists as ``vmappable`` for their method (T and α of Hinton-style KD, DKD's/DIST's T and β; see
+:func:`vmapped_keys`) form one group: one vmapped program trains them all and runs the teacher
+once per batch for the group.
 """
 
 from __future__ import annotations
@@ -29,10 +34,21 @@ from typing import Any
 
 from kdjax.config import StudyConfig, override, validate_study
 
-KD_TEMPERATURE = ("hinton", "reverse_kd", "js_kd", "dkd", "dist")  # methods whose `temperature` is the KD one
-KD_ALPHA = ("hinton", "reverse_kd", "js_kd")  # methods whose `alpha` weighs the label term
-VMAPPED = ("seed", "temperature", "alpha", "distilled.learning_rate", "method.beta")
-VMAPPED_METHOD_HPARAMS = {"beta": ("dkd", "dist")}  # method.<h>: the methods where h is a plain scalar factor
+VMAPPED_STUDY_KEYS = ("seed", "distilled.learning_rate")  # vmapped for every method
+
+
+def vmapped_keys(method: str) -> tuple[str, ...]:
+  """The grid keys whose values runs of ``method`` may differ in and still train as one vmapped
+  group: the seed, the learning rate, and every key that sets a hyperparameter the method's
+  registry entry lists as ``vmappable`` (``method.<h>``, and ``temperature``/``alpha`` where ``h``
+  is its temperature or label weight)."""
+  from kdjax.methods import method_spec
+  spec = method_spec(method)
+  keys = [*VMAPPED_STUDY_KEYS]
+  for h in spec.vmappable:
+    keys.append(f"method.{h}")
+    keys += [key for key, role in (("temperature", spec.temperature), ("alpha", spec.label_weight)) if role == h]
+  return tuple(keys)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,8 +69,7 @@ class Run:
   @property
   def group_key(self) -> tuple:
     """Equal for runs that can train in one vmapped program."""
-    vmapped = [k for k in VMAPPED if not k.startswith("method.")
-               or self.method in VMAPPED_METHOD_HPARAMS.get(k.split(".", 1)[1], ())]
+    vmapped = vmapped_keys(self.method)
     return (tuple((k, v) for k, v in self.values if k not in vmapped), self.method)
 
   def config(self) -> dict[str, Any]:
@@ -69,35 +84,13 @@ def _fmt(v) -> str:
   return f"{v:g}" if isinstance(v, float) else str(v)
 
 
-def _method_params(name: str) -> dict[str, inspect.Parameter]:
-  from kdjax.methods import _METHODS
-  return dict(inspect.signature(_METHODS[name]).parameters)
-
-
 def _typed(key: str, text: str, default) -> Any:
-  """A ``method.<name>`` grid value, typed after the method's default for it."""
-  if isinstance(default, bool):
-    if text.lower() in ("true", "1", "yes", "false", "0", "no"):
-      return text.lower() in ("true", "1", "yes")
-    raise ValueError(f"grid key {key!r}: expected true or false, got {text!r}")
-  if isinstance(default, tuple):  # e.g. layers: one grid value names several, joined by '+'
-    return tuple(part for part in text.split("+") if part)
-  if isinstance(default, int):
-    try:
-      return int(text)
-    except ValueError:
-      pass  # an int default (e.g. 0) may take a float
-  if isinstance(default, (int, float)):
-    try:
-      return float(text)
-    except ValueError:
-      raise ValueError(f"grid key {key!r}: expected a number, got {text!r}") from None
-  if "+" in text:  # a list (e.g. reviewkd's teacher_layers, default None)
-    return tuple(part for part in text.split("+") if part)
-  try:  # no usable default (a required argument, None): a number if it reads as one
-    return float(text)
-  except ValueError:
-    return text
+  """A ``method.<name>`` grid value, typed after the method's default for it (a list's items joined by '+')."""
+  from kdjax.methods.registry import parse_value
+  try:
+    return parse_value(text, default, sep="+")
+  except ValueError as e:
+    raise ValueError(f"grid key {key!r}: {e}") from None
 
 
 def parse_grid(items: Sequence[str], base: StudyConfig) -> dict[str, list]:
@@ -105,7 +98,10 @@ def parse_grid(items: Sequence[str], base: StudyConfig) -> dict[str, list]:
   and checked against ``base``: an empty grid, a key given twice, a key with no values, an unknown
   key, a method that does not exist or a value of the wrong type fails here, naming the key, before
   any training."""
-  from kdjax.methods import method_names
+  from kdjax.methods import method_hparams, method_names, method_spec
+  if base.method != "hinton" or base.method_hparams:
+    raise ValueError(f"sweeps take the method from the grid (method=NAME, method.HPARAM=V1,V2), not from the "
+                     f"config (method {base.method!r}, hyperparameters {dict(base.method_hparams)})")
   if not items:
     raise ValueError("empty grid: give at least one key=v1,v2 (e.g. temperature=1,4,8)")
   grid: dict[str, list] = {}
@@ -142,13 +138,15 @@ def parse_grid(items: Sequence[str], base: StudyConfig) -> dict[str, list]:
           raise ValueError(f"grid key {key!r}: {e}") from None
         values.append(_get(cfg, key))
       grid[key] = values
-  for name in ("temperature", "alpha"):
-    if name in grid and f"method.{name}" in grid:
-      raise ValueError(f"grid keys {name!r} and 'method.{name}' both set the {name}; give one of them")
   methods = grid.get("method", ["hinton"])
+  for m in methods:
+    spec = method_spec(m)
+    for key, hparam in (("temperature", spec.temperature), ("alpha", spec.label_weight)):
+      if hparam is not None and key in grid and f"method.{hparam}" in grid:
+        raise ValueError(f"grid keys {key!r} and 'method.{hparam}' both set the {hparam} of {m}; give one of them")
   for key in (k for k in grid if k.startswith("method.")):
     name = key.split(".", 1)[1]
-    if not any(name in _method_params(m) for m in methods):
+    if not any(name in method_hparams(m) for m in methods):
       raise ValueError(f"grid key {key!r}: none of the methods {methods} takes {name!r}")
   return grid
 
@@ -162,21 +160,24 @@ def _get(cfg, dotted: str):
 def expand(grid: dict[str, list], base: StudyConfig) -> list[Run]:
   """Every run of the grid (its cartesian product), with the keys that do not apply to a run's
   method dropped and the runs that then coincide merged; each run's study config is validated."""
-  from kdjax.methods import make_method
+  from kdjax.methods import make_method, method_hparams, method_spec, study_hparams
   keys = list(grid)
   runs: dict[tuple, Run] = {}
   for combo in itertools.product(*(grid[k] for k in keys)):
     values = dict(zip(keys, combo))
     method = values.get("method", "hinton")
-    params = _method_params(method)
+    spec = method_spec(method)
+    params = method_hparams(method)
     applied: list[tuple[str, Any]] = []
     study_items = []
     hparams: dict[str, Any] = {}
     for k in keys:
       v = values[k]
       if k in ("temperature", "alpha"):
-        if method in (KD_TEMPERATURE if k == "temperature" else KD_ALPHA):
+        hparam = spec.temperature if k == "temperature" else spec.label_weight
+        if hparam is not None:
           study_items.append(f"{k}={v}")
+          hparams[hparam] = v
           applied.append((k, v))
       elif k.startswith("method."):
         name = k.split(".", 1)[1]
@@ -196,9 +197,8 @@ def expand(grid: dict[str, list], base: StudyConfig) -> list[Run]:
       validate_study(cfg)
     except ValueError as e:
       raise ValueError(f"grid values {dict(applied)}: {e}") from None
-    if method in KD_ALPHA:  # Hinton-style KD: the study's T and alpha unless the grid sets them; DKD and
-      hparams.setdefault("temperature", cfg.temperature)  # DIST keep their own T unless `temperature` is a key
-      hparams.setdefault("alpha", cfg.alpha)
+    # Hinton-style KD: the study's T and alpha unless the grid sets them; DKD and DIST keep their own T
+    hparams = study_hparams(method, hparams, temperature=cfg.temperature, alpha=cfg.alpha)
     try:
       make_method(method, **hparams)  # the method's own checks (ranges, types), before any training
     except (ValueError, TypeError) as e:

@@ -1,8 +1,9 @@
 """Sweep plots (PNG): learning curves, accuracy per variant, accuracy against a numeric grid key.
 
 matplotlib is imported only when a plot is drawn, and through its object API (a ``Figure`` drawn by
-the Agg canvas), so plotting needs no display and leaves pyplot's global state and backend alone.
-Records are grouped as in :func:`kdjax.sweep.report.by_variant`: the last record of a variant and
+the Agg canvas, see :mod:`kdjax.plotting`), so plotting needs no display and leaves pyplot's global
+state and backend alone.
+Records are grouped as in :func:`kdjax.sweep.records.by_variant`: the last record of a variant and
 seed counts.
 """
 
@@ -15,38 +16,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from kdjax.sweep.report import METRIC_SHORT_LABELS, accuracy_pct, by_variant, check_metric, config_value
-from kdjax.sweep.stats import mean_std
+from kdjax.plotting import colors, figure, legend, save
+from kdjax.stats import mean_std
+from kdjax.sweep.records import METRIC_SHORT_LABELS, accuracy_pct, by_variant, check_metric, config_value
 
 LONG_LABEL = 14  # characters: longer variant names put the variants on the y axis
-
-
-def _figure(width: float, height: float):
-  from matplotlib.backends.backend_agg import FigureCanvasAgg
-  from matplotlib.figure import Figure
-  fig = Figure(figsize=(width, height), layout="constrained")
-  FigureCanvasAgg(fig)
-  return fig
-
-
-def _save(fig, path: str | os.PathLike) -> Path:
-  path = Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fig.savefig(path, dpi=120, bbox_inches="tight")  # long titles and side legends are not cut off
-  return path
-
-
-def _colors(n: int) -> list:
-  from matplotlib import colormaps
-  cmap = colormaps["tab10" if n <= 10 else "tab20"]
-  return [cmap(i % cmap.N) for i in range(n)]
-
-
-def _legend(ax, n: int) -> None:
-  if n > 8:  # many lines: the legend goes beside the axes, not over the curves
-    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
-  else:
-    ax.legend(fontsize="small", loc="best")
 
 
 def _groups(records: Sequence[dict[str, Any]]) -> dict[str, dict[Any, dict[str, Any]]]:
@@ -62,10 +36,10 @@ def plot_curves(records: Sequence[dict[str, Any]], path: str | os.PathLike) -> P
   some seeds reached is averaged over those. Returns the path written."""
   from matplotlib.ticker import MaxNLocator
   groups = _groups(records)
-  fig = _figure(9.0, 5.5)
+  fig = figure(9.0, 5.5)
   ax = fig.add_subplot()
   bands = set()
-  for color, (variant, runs) in zip(_colors(len(groups)), groups.items()):
+  for color, (variant, runs) in zip(colors(len(groups)), groups.items()):
     per_epoch: dict[int, list[float]] = {}
     for r in runs.values():
       for h in r.get("history", []):
@@ -99,8 +73,8 @@ def plot_curves(records: Sequence[dict[str, Any]], path: str | os.PathLike) -> P
   ax.set_xlabel("epoch")
   ax.set_ylabel("test accuracy (%)")
   ax.grid(True, alpha=0.3)
-  _legend(ax, len(groups))
-  return _save(fig, path)
+  legend(ax, len(groups))
+  return save(fig, path)
 
 
 def plot_final(records: Sequence[dict[str, Any]], path: str | os.PathLike, metric: str = "final") -> Path:
@@ -117,9 +91,9 @@ def plot_final(records: Sequence[dict[str, Any]], path: str | os.PathLike, metri
   stats = [mean_std([accuracy_pct(r, metric) for r in runs.values()]) for runs in groups.values()]
   horizontal = max(map(len, names)) > LONG_LABEL or len(names) > 8
   if horizontal:
-    fig = _figure(9.0, max(3.0, 1.2 + 0.4 * len(names)))
+    fig = figure(9.0, max(3.0, 1.2 + 0.4 * len(names)))
   else:
-    fig = _figure(max(5.0, 1.5 + 0.9 * len(names)), 5.0)
+    fig = figure(max(5.0, 1.5 + 0.9 * len(names)), 5.0)
   ax = fig.add_subplot()
   positions = list(range(len(names)))
   means = [m for m, _ in stats]
@@ -143,7 +117,7 @@ def plot_final(records: Sequence[dict[str, Any]], path: str | os.PathLike, metri
   label = METRIC_SHORT_LABELS[metric]
   ax.set_title(f"{label[0].upper()}{label[1:]} per variant\n(mean ± sample std over seeds)")
   ax.legend(fontsize="small", loc="best")
-  return _save(fig, path)
+  return save(fig, path)
 
 
 def _number(value: Any) -> float | None:
@@ -186,9 +160,9 @@ def plot_against(records: Sequence[dict[str, Any]], key: str, path: str | os.Pat
     return None
   log = min(xs) > 0 and max(xs) / min(xs) >= 100
   span = math.log(max(xs) / min(xs)) if log else max(xs) - min(xs)
-  fig = _figure(8.0, 5.0)
+  fig = figure(8.0, 5.0)
   ax = fig.add_subplot()
-  for i, (color, (label, points)) in enumerate(zip(_colors(len(lines)), lines.items())):
+  for i, (color, (label, points)) in enumerate(zip(colors(len(lines)), lines.items())):
     x_sorted = sorted(points)
     stats = [mean_std(points[x]) for x in x_sorted]
     ns = sorted({len(points[x]) for x in x_sorted})
@@ -208,5 +182,5 @@ def plot_against(records: Sequence[dict[str, Any]], key: str, path: str | os.Pat
   ax.set_xlabel(key)
   ax.set_ylabel(f"{label} (%)")
   ax.grid(True, alpha=0.3)
-  _legend(ax, len(lines))
-  return _save(fig, path)
+  legend(ax, len(lines))
+  return save(fig, path)

@@ -1,6 +1,6 @@
 """Sweep reports: per-variant statistics over seeds, paired comparisons with a baseline, tables and plots.
 
-The records are those of :mod:`kdjax.sweep.store`. Every number is over seeds: the mean and sample
+The records are those of :mod:`kdjax.sweep.store` (read through :mod:`kdjax.sweep.records`). Every number is over seeds: the mean and sample
 standard deviation of a variant's test accuracy and errors, and against the baseline variant the
 *paired* difference (same seed, so the same initialization and data order where the training
 allows) with a Student-t confidence interval. A (variant, seed) recorded twice counts once, with
@@ -12,59 +12,21 @@ from __future__ import annotations
 import csv
 import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from kdjax.sweep.stats import mean_std, paired_difference
+from kdjax.stats import mean_std, paired_difference
+from kdjax.sweep import plots
+from kdjax.sweep.records import METRICS, accuracy_pct, by_variant, check_metric
 
-METRICS = ("final", "best")
 METRIC_LABELS = {
     "final": "last-epoch test accuracy",
     "best": "best-epoch test accuracy (the epoch chosen on the test set, as several papers report; optimistic)",
 }
-METRIC_SHORT_LABELS = {"final": "last-epoch test accuracy", "best": "best-epoch test accuracy (chosen on test set)"}
 CSV_COLUMNS = ("variant", "n", "seeds", "accuracy_mean", "accuracy_std", "errors_mean", "errors_std",
                "wall_s_mean", "baseline", "delta_mean", "delta_std", "delta_ci_low", "delta_ci_high", "pairs",
                "confidence")
-
-
-def check_metric(metric: str) -> None:
-  if metric not in METRICS:
-    raise ValueError(f"unknown metric {metric!r}; choose from {', '.join(METRICS)}")
-
-
-def by_variant(records: Iterable[dict[str, Any]]) -> dict[str, dict[Any, dict[str, Any]]]:
-  """``{variant: {seed: record}}``, variants in first-seen order, seeds in first-seen order per variant;
-  of several records for one (variant, seed) the last one is kept (a re-run replaces the earlier)."""
-  groups: dict[str, dict[Any, dict[str, Any]]] = {}
-  for r in records:
-    groups.setdefault(r["variant"], {})[r["seed"]] = r
-  return groups
-
-
-def accuracy_pct(record: dict[str, Any], metric: str = "final") -> float:
-  """A record's test accuracy in percent at its last (``"final"``) or best (``"best"``) epoch."""
-  return 100.0 * record[metric]["accuracy"]
-
-
-def variant_values(variant: str) -> dict[str, str]:
-  """The ``key=value`` pairs of a variant string, in order (``"method=hinton temperature=4"``)."""
-  return dict(tok.split("=", 1) for tok in variant.split() if "=" in tok)
-
-
-def config_value(record: dict[str, Any], key: str) -> Any:
-  """``key``'s value in a record's config (a dotted key also walks nested dicts), else its value in the
-  variant string (as text), else None."""
-  config = record.get("config", {})
-  if key in config:
-    return config[key]
-  node: Any = config
-  for part in key.split("."):
-    if not isinstance(node, dict) or part not in node:
-      return variant_values(record.get("variant", "")).get(key)
-    node = node[part]
-  return node
 
 
 def summarize(records: Sequence[dict[str, Any]], *, baseline: str | None, metric: str = "final",
@@ -210,8 +172,6 @@ def write_report(records: Sequence[dict[str, Any]], out_dir: str | os.PathLike, 
   ``report``, ``csv_final``, ``csv_best``, ``curves``, ``accuracy_final``, ``accuracy_best`` and
   ``vs_<key>``.
   """
-  from kdjax.sweep import plots
-
   if not records:
     raise ValueError("no records to report")
   out = Path(out_dir)

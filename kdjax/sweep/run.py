@@ -25,8 +25,9 @@ from kdjax.sweep.store import append_record, best_and_final, finished_ids, load_
 from kdjax.sweep.train import check_group, train_group
 from kdjax.train import TrainedModel, train_teacher
 
-# Study fields that do not change what a run computes: left out of a run's identity.
-_NOT_IN_IDENTITY = ("name", "workdir", "seeds", "student", "augmented_control")
+# Study fields that do not change what a run computes: left out of a run's identity. (A run's method and
+# hyperparameters are its own fields, "method" and "hparams"; a sweep's study config keeps the default ones.)
+_NOT_IN_IDENTITY = ("name", "workdir", "seeds", "student", "augmented_control", "method", "method_hparams")
 
 
 @dataclasses.dataclass
@@ -106,7 +107,7 @@ def run_sweep(base: StudyConfig, grid_items: list[str], *, out_dir: str | Path, 
   for i, group in enumerate(groups, start=1):
     first = group[0]
     teacher = None
-    if getattr(make_method(first.method, **dict(first.hparams)), "needs_teacher", False):
+    if make_method(first.method, **dict(first.hparams)).needs_teacher:
       if first.cfg.teacher not in teachers:
         teachers[first.cfg.teacher] = train_teacher(data, first.cfg.teacher, seed=teacher_seed, progress=progress,
                                                     desc=f"teacher {first.cfg.teacher.model}")

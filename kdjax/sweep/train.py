@@ -1,15 +1,13 @@
 """Training a group of sweep runs as one vmapped program.
 
-K runs that differ only in seed and scalar hyperparameters (see :data:`kdjax.sweep.grid.VMAPPED`)
-are K students stacked along a leading axis: parameters, batch statistics, optimizer and method
-state, step and key. One jitted step draws the batch's augmentation once, runs the teacher once,
-then applies :func:`kdjax.train.steps.update_student` to every student under ``jax.vmap`` with its
-own T, α, β and learning rate (traced values, so one program serves any values).
+K runs that differ only in seed and the hyperparameters the method registry marks vmappable
+are one cohort (:mod:`kdjax.train.cohort`): the single run's step under ``jax.vmap``, each
+student with its own T, α, β and learning rate (traced values, so one program serves any values).
 
 All runs of a sweep see the same batches in the same order with the same augmentation, drawn
 from ``data_seed``; a run's own ``seed`` draws its initial weights, dropout and method keys. So
 a run's result does not depend on which runs it was grouped with (up to float rounding of
-batched matmuls), and the teacher's forward pass is shared by the group.
+batched matmuls), and it is the run ``kdjax distill`` makes with that seed and data seed.
 """
 
 from __future__ import annotations
@@ -22,29 +20,21 @@ import jax
 import jax.numpy as jnp
 
 from kdjax.config import refuse_compression
-from kdjax.data.augment import augment
 from kdjax.data.dataset import ArrayDataset
-from kdjax.methods import init_method, make_method
+from kdjax.methods import init_method, make_method, vmapped_hparams
 from kdjax.models import create_model, feature_shapes, split_model
-from kdjax.models.functional import apply_model, compute_dtype
-from kdjax.sweep.grid import KD_ALPHA, KD_TEMPERATURE, VMAPPED_METHOD_HPARAMS, Run
+from kdjax.sweep.grid import Run
 from kdjax.train.api import TrainedModel
+from kdjax.train.cohort import check_cohort_teacher, make_cohort_step, stack_states
 from kdjax.train.loop import fit, steps_per_epoch
 from kdjax.train.online import evaluate_online, make_online_eval_step
-from kdjax.train.state import TrainState, make_optimizer, trainables
-from kdjax.train.steps import update_student
-from kdjax.train.teachers import stack_trees
-
-TRACED = ("temperature", "alpha", "beta")  # method hyperparameters that may be traced (see traced_hparams)
-
+from kdjax.train.state import init_train_state, make_optimizer
 
 def traced_hparams(method: str, hparams) -> list[str]:
-  """The hyperparameters of ``method`` passed as traced per-student values: the KD T and α of the
-  logit methods and DKD's/DIST's β (plain factors there). Others, e.g. CRD's contrastive
-  ``temperature``, stay Python values: their checks need concrete numbers."""
-  names = dict(hparams)
-  allowed = {"temperature": KD_TEMPERATURE, "alpha": KD_ALPHA, **VMAPPED_METHOD_HPARAMS}
-  return [k for k in TRACED if k in names and method in allowed.get(k, ())]
+  """The hyperparameters of ``method`` passed as traced per-student values: those the registry
+  marks vmappable (the KD T and α of the logit methods, DKD's/DIST's β). Others, e.g. CRD's
+  contrastive ``temperature``, stay Python values: their checks need concrete numbers."""
+  return vmapped_hparams(method, dict(hparams))
 
 
 def check_group(runs: Sequence[Run]) -> None:
@@ -59,45 +49,11 @@ def check_group(runs: Sequence[Run]) -> None:
                      "distilled.teacher_cache off")
 
 
-def make_sweep_step(graphdef, tx, method_name: str, static_hparams: dict[str, Any], num_students: int, *,
-                    teacher_graphdef=None, jitter_pixels: int = 0, hflip: bool = False, data_seed: int = 0,
-                    precision: str = "fp32"):
-  """Jitted ``step(state, teacher_vars, batch, hparams) -> (state, metrics)`` for ``num_students``
-  stacked students (computing in ``precision``, see :func:`kdjax.train.make_train_step`); ``hparams`` maps each of :data:`TRACED` the method takes, and
-  ``"learning_rate"``, to a ``[K]`` array. Metrics are ``[K]`` vectors (``loss/students``,
-  ``accuracy/students``, ..., ``skipped/students`` = 1 where a student's step was not finite and
-  was skipped, its state kept) and their means; ``finite`` is always true: one student's bad step
-  never stops the others."""
-  dtype = compute_dtype(precision)
-
-  def one(state, teacher, x, batch, hp):
-    rng, k_drop, k_method = jax.random.split(state.rng, 3)
-    method = make_method(method_name, **static_hparams, **{k: v for k, v in hp.items() if k != "learning_rate"})
-    return update_student(graphdef, tx, method, state, teacher, x, batch, rng=rng, k_drop=k_drop, k_method=k_method,
-                          lr_scale=hp["learning_rate"], dtype=dtype)
-
-  def step(state: TrainState, teacher_vars, batch, hparams):
-    k_aug = jax.random.fold_in(jax.random.key(data_seed), state.step[0])  # one draw for the whole group
-    x = augment(k_aug, batch["image"], jitter_pixels, hflip)
-    teacher = None
-    if teacher_graphdef is not None:
-      t_logits, t_feats, _ = apply_model(teacher_graphdef, teacher_vars["params"], teacher_vars["rest"], x,
-                                         train=False, dtype=dtype)
-      teacher = jax.lax.stop_gradient((t_logits, t_feats))
-    new_state, m = jax.vmap(one, in_axes=(0, None, None, None, 0))(state, teacher, x, batch, hparams)
-    # Means for the progress bar, and one [K] vector per metric: a few arrays to fetch per step, not K·M scalars.
-    metrics = {name: jnp.mean(v) for name, v in m.items() if name != "finite"}
-    metrics.update({f"{name}/students": v for name, v in m.items() if name != "finite"})
-    metrics["skipped/students"] = 1.0 - m["finite"].astype(jnp.float32)
-    metrics["finite"] = jnp.array(True)
-    return new_state, metrics
-
-  return jax.jit(step, donate_argnums=0)
-
-
-def init_group(runs: Sequence[Run], tx, num_classes: int, input_shape, teacher_shapes, num_examples: int):
-  """``(graphdef, stacked state)`` of a group's students: run k's model initialized from its seed,
-  its method's parts and state, its optimizer state, key and step, stacked along a leading axis."""
+def init_group(runs: Sequence[Run], tx, num_classes: int, input_shape, teacher_shapes, num_examples: int,
+               data_seed: int = 0):
+  """``(graphdef, stacked state)`` of a group's students: run k's model, method parts and state,
+  optimizer state and keys as :func:`kdjax.train.distill` would start it with seed ``run.seed``
+  and data seed ``data_seed`` (the data stream every student shares), stacked along a leading axis."""
   cfg = runs[0].cfg.distilled
   graphdef, states = None, []
   for run in runs:
@@ -109,9 +65,22 @@ def init_group(runs: Sequence[Run], tx, num_classes: int, input_shape, teacher_s
     method = make_method(run.method, **dict(run.hparams))
     m_params, m_state = init_method(method, jax.random.fold_in(key, 2), feature_shapes(g, params, rest, input_shape),
                                     teacher_shapes, num_examples)
-    states.append(TrainState(params, rest, tx.init(trainables(params, m_params)), jnp.zeros((), jnp.int32),
-                             jax.random.fold_in(key, 1), m_params, m_state))
-  return graphdef, stack_trees(states)
+    states.append(init_train_state(params, rest, tx, jax.random.fold_in(key, 1), m_params, m_state,
+                                   data_rng=jax.random.fold_in(jax.random.key(data_seed), 1)))
+  return graphdef, stack_states(states)
+
+
+def group_step(graphdef, tx, runs: Sequence[Run], teacher_graphdef=None, *, jitter_pixels: int = 0,
+               hflip: bool = False, precision: str = "fp32"):
+  """The group's jitted cohort step (:func:`kdjax.train.cohort.make_cohort_step`): each student's
+  method built from the group's method, its fixed hyperparameters and the student's traced ones."""
+  first = runs[0]
+  traced = traced_hparams(first.method, first.hparams)
+  static = {k: v for k, v in first.hparams if k not in traced}
+  check_cohort_teacher(make_method(first.method, **dict(first.hparams)), teacher_graphdef)
+  return make_cohort_step(graphdef, tx, lambda h: make_method(first.method, **static, **h),
+                          teacher_graphdef=teacher_graphdef, jitter_pixels=jitter_pixels, hflip=hflip,
+                          precision=precision)
 
 
 def group_hparams(runs: Sequence[Run]) -> dict[str, jax.Array]:
@@ -126,7 +95,8 @@ def group_hparams(runs: Sequence[Run]) -> dict[str, jax.Array]:
 def train_group(data: ArrayDataset, runs: Sequence[Run], teacher: TrainedModel | None, *, data_seed: int = 0,
                 progress: bool = True, desc: str = "sweep") -> list[dict[str, Any]]:
   """Trains ``runs`` (one group, see :func:`kdjax.sweep.grid.group_runs`) together; returns one
-  result per run, in order: ``{"history": [per-epoch dicts], "wall_s", "skipped_steps"}``, where
+  result per run, in order: ``{"history": [per-epoch dicts], "wall_s", "skipped_steps", "state"}``
+  (``state``: the run's own final :class:`~kdjax.train.state.TrainState`), where
   ``wall_s`` is the group's wall time divided by its size (each run's share)."""
   check_group(runs)
   data.require_plain_images("sweeps")
@@ -134,8 +104,6 @@ def train_group(data: ArrayDataset, runs: Sequence[Run], teacher: TrainedModel |
   cfg = first.cfg.distilled
   refuse_compression(cfg, "sweeps")
   k_students = len(runs)
-  traced = traced_hparams(first.method, first.hparams)
-  static = {k: v for k, v in first.hparams if k not in traced}
   per_epoch = steps_per_epoch(len(data.train_labels), cfg.batch_size)
   # Learning rate 1: each student scales its update by its own rate (SGD's and AdamW's updates are linear in it).
   tx = make_optimizer(cfg.optimizer, learning_rate=1.0, total_steps=cfg.epochs * per_epoch, momentum=cfg.momentum,
@@ -143,10 +111,10 @@ def train_group(data: ArrayDataset, runs: Sequence[Run], teacher: TrainedModel |
                       steps_per_epoch=per_epoch)
   t_graphdef = teacher.graphdef if teacher is not None else None
   t_shapes = feature_shapes(teacher.graphdef, teacher.params, teacher.rest, data.image_shape) if teacher else {}
-  graphdef, state = init_group(runs, tx, data.num_classes, data.image_shape, t_shapes, len(data.train_labels))
+  graphdef, state = init_group(runs, tx, data.num_classes, data.image_shape, t_shapes, len(data.train_labels),
+                               data_seed)
   hp = group_hparams(runs)
-  step = make_sweep_step(graphdef, tx, first.method, static, k_students, teacher_graphdef=t_graphdef,
-                         jitter_pixels=cfg.jitter, hflip=cfg.hflip, data_seed=data_seed, precision=cfg.precision)
+  step = group_step(graphdef, tx, runs, t_graphdef, jitter_pixels=cfg.jitter, hflip=cfg.hflip, precision=cfg.precision)
   eval_step = make_online_eval_step(graphdef)
   t0 = time.perf_counter()
   result = fit(state, lambda s, t, b: step(s, t, b, hp), None, data, epochs=cfg.epochs, batch_size=cfg.batch_size,
@@ -159,6 +127,6 @@ def train_group(data: ArrayDataset, runs: Sequence[Run], teacher: TrainedModel |
                 "test_loss": rec[f"test_loss/{k}"], "train_loss": rec["train_loss/students"][k],
                 "train_accuracy": rec["train_accuracy/students"][k],
                 "skipped_steps": round(rec["train_skipped/students"][k] * per_epoch)} for rec in result.history]
-    out.append({"history": history, "wall_s": wall / k_students,
+    out.append({"history": history, "wall_s": wall / k_students, "state": jax.tree.map(lambda a: a[k], result.state),
                 "skipped_steps": sum(h["skipped_steps"] for h in history)})
   return out

@@ -12,13 +12,16 @@ import jax
 from kdjax.compress import fake_quantize, pruning
 from kdjax.config import TrainConfig, check_compression, check_teacher_cache
 from kdjax.data.dataset import ArrayDataset
+from kdjax.data.text import check_saved_vocab, save_vocab, vocab_fingerprint
 from kdjax.methods import Method, hinton_kd, init_method, multi_teacher_kd, supervised
 from kdjax.models import create_model, feature_shapes, split_model
 from kdjax.train.checkpoint import Checkpointing, restore_run
 from kdjax.train.loop import FitResult, fit, steps_per_epoch
 from kdjax.train.state import init_train_state, make_optimizer
-from kdjax.train.steps import make_eval_step, make_train_step, teacher_variables
+from kdjax.train.evaluation import make_eval_step
+from kdjax.train.step import make_train_step
 from kdjax.train.teacher_cache import cached_teacher_outputs
+from kdjax.train.teachers import teacher_variables
 
 
 @dataclasses.dataclass
@@ -61,9 +64,10 @@ def _teacher_args(teacher: Teachers, input_shape) -> tuple[Any, Any, Any]:
 
 
 def _initial_state(data: ArrayDataset, cfg: TrainConfig, method: Method, *, seed: int, teacher_shapes,
-                   ema: bool = False):
+                   ema: bool = False, data_seed: int | None = None):
   """``(graphdef, tx, state)`` of a run before its first step: the model from
-  ``seed``, the optimizer and its state, the method's parts sized from the feature shapes."""
+  ``seed``, the optimizer and its state, the method's parts sized from the feature shapes, the
+  data stream (augmentation) from ``data_seed`` (default ``seed``)."""
   model = create_model(cfg.model, num_classes=data.num_classes, input_shape=data.image_shape, seed=seed,
                        **model_options(cfg, data))
   graphdef, params, rest = split_model(model)
@@ -84,7 +88,9 @@ def _initial_state(data: ArrayDataset, cfg: TrainConfig, method: Method, *, seed
   # The method's learnable parts and state, sized from the feature shapes before any data is seen.
   method_params, method_state = init_method(method, jax.random.fold_in(key, 2), s_shapes,
                                             s_shapes if ema else teacher_shapes, len(data.train_labels))
-  state = init_train_state(params, rest, tx, jax.random.fold_in(key, 1), method_params, method_state, ema=ema)
+  data_key = key if data_seed is None else jax.random.key(data_seed)
+  state = init_train_state(params, rest, tx, jax.random.fold_in(key, 1), method_params, method_state, ema=ema,
+                           data_rng=jax.random.fold_in(data_key, 1))
   return graphdef, tx, state
 
 
@@ -112,7 +118,6 @@ def _vocabulary(data: ArrayDataset) -> str | None:
   """The fingerprint of the vocabulary the data's token ids index (``None`` for images)."""
   if not data.is_text:
     return None
-  from kdjax.data.text import vocab_fingerprint
   return vocab_fingerprint(data.vocab)
 
 
@@ -120,14 +125,14 @@ def _train(data: ArrayDataset, cfg: TrainConfig, method: Method, *, seed: int, d
            teacher: Teachers = None, ema_decay: float | None = None, log_path: str | Path | None = None,
            log_fields: dict[str, Any] | None = None, progress: bool = True,
            checkpoint_dir: str | Path | None = None, checkpoint_every: int = 0, resume: bool = False,
-           mesh=None) -> TrainedModel:
+           mesh=None, data_seed: int | None = None) -> TrainedModel:
   t_graphdef, t_vars, t_shapes = _teacher_args(teacher, teacher_input_shape(data))
   # The train step checks the method against its teachers before anything is initialized.
   check_teacher_cache(cfg.teacher_cache)
   if ema_decay is not None and data.teacher_train_images is not None:
     raise ValueError("a mean teacher is the student's own average and sees the student's images: give data "
                      "without teacher_train_images")
-  if getattr(method, "adversary", None) is not None and data.is_text:
+  if method.adversary is not None and data.is_text:
     raise ValueError("adversarial methods perturb pixels within an L∞ ball: they take image data, not token ids")
   cached = cfg.teacher_cache != "off"
   if cached and (isinstance(t_graphdef, dict) or t_graphdef is None):
@@ -136,7 +141,7 @@ def _train(data: ArrayDataset, cfg: TrainConfig, method: Method, *, seed: int, d
   if cached and data.unlabelled_images is not None:
     raise ValueError("teacher_cache covers the training images only, not unlabelled_images: turn it off")
   graphdef, tx, state = _initial_state(data, cfg, method, seed=seed, teacher_shapes=t_shapes,
-                                       ema=ema_decay is not None)
+                                       ema=ema_decay is not None, data_seed=data_seed)
   train_step = make_train_step(graphdef, tx, method, jitter_pixels=cfg.jitter, hflip=cfg.hflip,
                                teacher_graphdef=None if cached else t_graphdef, ema_decay=ema_decay,
                                precision=cfg.precision, steps_per_call=cfg.steps_per_call, cached_teacher=cached,
@@ -150,14 +155,14 @@ def _train(data: ArrayDataset, cfg: TrainConfig, method: Method, *, seed: int, d
   checkpointing = None if checkpoint_dir is None else Checkpointing(
       checkpoint_dir, every_steps=checkpoint_every, resume=resume, identity=_identity(cfg, data))
   if checkpoint_dir is not None and data.is_text:
-    from kdjax.data.text import check_saved_vocab, save_vocab
     vocab_file = Path(checkpoint_dir) / "vocab.json"
     if vocab_file.exists():  # another run's: never overwritten, and it must be this data's
       check_saved_vocab(vocab_file, data.vocab)
     elif jax.process_index() == 0:
       save_vocab(vocab_file, data.vocab)  # the ids' words, beside the weights
   result = fit(state, train_step, make_eval_step(graphdef, fake_quant=cfg.fake_quant), data, epochs=cfg.epochs,
-               batch_size=cfg.batch_size, teacher_vars=t_vars, seed=seed, desc=desc, log_path=log_path,
+               batch_size=cfg.batch_size, teacher_vars=t_vars, seed=seed if data_seed is None else data_seed,
+               desc=desc, log_path=log_path,
                log_fields=log_fields, progress=progress, steps_per_call=cfg.steps_per_call,
                teacher_cache=teacher_cache, mesh=mesh, checkpointing=checkpointing)
   return TrainedModel(cfg.model, data.num_classes, data.image_shape, graphdef,
@@ -175,7 +180,6 @@ def restore_trained(checkpoint_dir: str | Path, cfg: TrainConfig, data: ArrayDat
   method = supervised() if method is None else method
   graphdef, _, like = _initial_state(data, cfg, method, seed=0, teacher_shapes={})
   if data.is_text:
-    from kdjax.data.text import check_saved_vocab
     check_saved_vocab(Path(checkpoint_dir) / "vocab.json", data.vocab)
   restored = restore_run(Checkpointing(checkpoint_dir, identity=_identity(cfg, data)), like)
   if restored is None:
@@ -204,7 +208,7 @@ def train_student(data: ArrayDataset, cfg: TrainConfig, *, seed: int = 0, method
   """Trains a student with no teacher: on the labels (cross-entropy), the baseline that distillation
   must beat, or with a teacher-free ``method`` (e.g. ``make_method("tf_kd")`` or
   ``make_method("byot", num_classes=10)``)."""
-  if method is not None and getattr(method, "needs_teacher", False):
+  if method is not None and method.needs_teacher:
     raise ValueError("this method needs a teacher: use distill (or mean_teacher for the student's own average)")
   kwargs.setdefault("desc", f"student {cfg.model} seed {seed}")
   return _train(data, cfg, supervised() if method is None else method, seed=seed, **kwargs)

@@ -20,7 +20,7 @@ def make_heads_eval_step(graphdef, method: Method) -> Callable:
   over one batch: the model in inference mode, then ``method.head_logits`` on its features
   (batch-norm statistics of the examples where ``mask`` is true), plus ``"final"``, the
   model's own logits, computed as :func:`kdjax.train.make_eval_step` does."""
-  if not hasattr(method, "head_logits"):
+  if method.head_logits is None:
     raise ValueError("this method has no shallow classifiers (no head_logits); evaluate it with make_eval_step")
 
   def step(params, rest, method_params, images, labels, mask):

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import optax
 
 from kdjax.config import TrainConfig, refuse_compression
-from kdjax.data.augment import augment, padded_batches, to_float
+from kdjax.data.augment import padded_batches, to_float
 from kdjax.data.dataset import ArrayDataset
 from kdjax.losses.online import online_kd_loss
 from kdjax.losses.validate import check_temperature
@@ -35,7 +35,9 @@ from kdjax.models import create_model, split_model
 from kdjax.models.functional import apply_model
 from kdjax.train.api import TrainedModel
 from kdjax.train.loop import FitResult, fit, steps_per_epoch
+from kdjax.train.inputs import make_views
 from kdjax.train.state import TrainState, make_optimizer, trainables
+from kdjax.train.step import update
 from kdjax.train.teachers import stack_trees
 
 RULES = ("dml", "codistill")
@@ -145,8 +147,8 @@ def make_online_step(graphdef, tx: optax.GradientTransformation, num_students: i
   """
   ce_weight, mimic_weight = check_online(num_students, rule, distill_weight, temperature, burn_in_steps)
 
-  def forward(params, rest, key, x):
-    return apply_model(graphdef, params, rest, x, train=True, rngs=key)
+  views = make_views(jitter_pixels, hflip)
+  cohort_tx = optax.GradientTransformation(jax.vmap(tx.init), jax.vmap(tx.update))  # one optimizer per student
 
   def step(state: TrainState, teacher_vars, batch):
     del teacher_vars
@@ -154,45 +156,34 @@ def make_online_step(graphdef, tx: optax.GradientTransformation, num_students: i
       raise ValueError(f"the step was built for {num_students} students, the state stacks "
                        f"{_num_students(state.params)}")
     rng, k_aug, k_drop = jax.random.split(state.rng, 3)
-    x = augment(k_aug, batch["image"], jitter_pixels, hflip)
+    x = views(k_aug, batch).x
     drop_keys = jax.random.split(k_drop, num_students)
     mimic_on = (state.step >= burn_in_steps).astype(jnp.float32)
+    labels = batch["label"]
 
     def loss_fn(trainable):
-      logits, _, new_rest = jax.vmap(forward, in_axes=(0, 0, 0, None))(trainable["student"], state.rest,
-                                                                         drop_keys, x)
-      loss_KxB, terms = online_kd_loss(logits, batch["label"], alpha=ce_weight, temperature=temperature,
+      logits, _, new_rest = jax.vmap(lambda p, r, k: apply_model(graphdef, p, r, x, train=True, rngs=k))(
+          trainable["student"], state.rest, drop_keys)
+      loss_KxB, terms = online_kd_loss(logits, labels, alpha=ce_weight, temperature=temperature,
                                        mimic_weight=mimic_weight * mimic_on)
       loss_K = jnp.mean(loss_KxB, axis=1)
-      return jnp.sum(loss_K), (logits, loss_K, terms, new_rest)
+      return jnp.sum(loss_K), (new_rest, state.method_state, cohort_metrics(logits, labels, loss_K, terms))
 
-    trainable = trainables(state.params, state.method_params)
-    (total, (logits, loss_K, terms, new_rest)), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable)
-    updates, opt_state = jax.vmap(tx.update)(grads, state.opt_state, trainable)
-    new_trainable = optax.apply_updates(trainable, updates)
-    grad_norm = optax.tree.norm(grads)
-    finite = jnp.isfinite(total) & jnp.isfinite(grad_norm)
-    updated = TrainState(new_trainable["student"], new_rest, opt_state, state.step + 1, rng,
-                         new_trainable["method"], state.method_state)
-    kept = state._replace(step=state.step + 1, rng=rng)
-    new_state = jax.tree.map(lambda a, b: jnp.where(finite, a, b), updated, kept)
-    labels = batch["label"]
-    acc_K = jnp.mean(jnp.argmax(logits, -1) == labels, axis=1)
-    ensemble_probs = jnp.mean(jax.nn.softmax(logits.astype(jnp.float32), axis=-1), axis=0)
-    metrics = {
-        "loss": jnp.mean(loss_K),
-        "accuracy": jnp.mean(acc_K),
-        "ce": jnp.mean(terms["ce"]),
-        "kl": jnp.mean(terms["kl"]),
-        "ensemble_accuracy": jnp.mean(jnp.argmax(ensemble_probs, -1) == labels),
-        "grad_norm": grad_norm,
-        "finite": finite,
-        **{f"loss/{k}": loss_K[k] for k in range(num_students)},
-        **{f"accuracy/{k}": acc_K[k] for k in range(num_students)},
-    }
-    return new_state, metrics
+    new_state, metrics = update(cohort_tx, state, loss_fn)
+    return new_state._replace(step=state.step + 1, rng=rng), metrics
 
   return jax.jit(step, donate_argnums=0)
+
+
+def cohort_metrics(logits_KxBxC, labels, loss_K, terms) -> dict[str, jax.Array]:
+  """Means over the students, each student's loss and accuracy, and the ensemble's accuracy (the
+  mean of the students' probabilities)."""
+  acc_K = jnp.mean(jnp.argmax(logits_KxBxC, -1) == labels, axis=1)
+  ensemble_probs = jnp.mean(jax.nn.softmax(logits_KxBxC.astype(jnp.float32), axis=-1), axis=0)
+  return {"loss": jnp.mean(loss_K), "accuracy": jnp.mean(acc_K), "ce": jnp.mean(terms["ce"]),
+          "kl": jnp.mean(terms["kl"]), "ensemble_accuracy": jnp.mean(jnp.argmax(ensemble_probs, -1) == labels),
+          **{f"loss/{k}": loss_K[k] for k in range(len(loss_K))},
+          **{f"accuracy/{k}": acc_K[k] for k in range(len(acc_K))}}
 
 
 def make_online_eval_step(graphdef) -> Callable:

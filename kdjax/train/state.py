@@ -8,6 +8,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from kdjax.optim import make_optimizer  # noqa: F401  (the train package's optimizer, built from a config)
+
 
 class TrainState(NamedTuple):
   params: Any  # nnx.State of the student's trainable parameters
@@ -18,6 +20,10 @@ class TrainState(NamedTuple):
   method_params: Any = None  # the method's learnable parts (FitNet regressor, ...); {} if none
   method_state: Any = None  # the method's non-differentiated state (CRD memory bank, ...); {} if none
   ema: Any = None  # {"params", "rest"}: the student's moving average, the teacher of a mean-teacher run
+  # The data stream's key (augmentation draws), apart from ``rng`` (dropout, the method's draws). A single
+  # run starts both from the same key, so they stay equal; a sweep's students share one data stream and
+  # differ in their own. ``None``: the data stream is ``rng`` itself.
+  data_rng: Any = None
 
 
 def trainables(params, method_params) -> dict[str, Any]:
@@ -26,42 +32,26 @@ def trainables(params, method_params) -> dict[str, Any]:
 
 
 def init_train_state(params, rest, tx: optax.GradientTransformation, rng: jax.Array,
-                     method_params=None, method_state=None, *, ema: bool = False) -> TrainState:
+                     method_params=None, method_state=None, *, ema: bool = False,
+                     data_rng: jax.Array | None = None) -> TrainState:
   """The state before the first step; ``ema=True`` starts a moving average of the student
-  (a copy of its variables) for a mean-teacher run."""
+  (a copy of its variables) for a mean-teacher run. ``data_rng`` starts the data stream
+  (augmentation), by default from ``rng`` itself (see :class:`TrainState`)."""
   method_params = {} if method_params is None else method_params
   return TrainState(params=params, rest=rest, opt_state=tx.init(trainables(params, method_params)),
                     step=jnp.zeros((), jnp.int32), rng=rng, method_params=method_params,
                     method_state={} if method_state is None else method_state,
-                    ema={"params": jax.tree.map(jnp.copy, params), "rest": jax.tree.map(jnp.copy, rest)} if ema else None)
+                    ema={"params": jax.tree.map(jnp.copy, params), "rest": jax.tree.map(jnp.copy, rest)} if ema else None,
+                    data_rng=jnp.copy(rng) if data_rng is None else data_rng)  # a buffer of its own: the state is donated
 
 
-def make_optimizer(name: str, *, learning_rate: float, total_steps: int, momentum: float = 0.9,
-                   weight_decay: float = 0.0, schedule: str = "cosine", decay_epochs: tuple[int, ...] = (),
-                   steps_per_epoch: int = 1) -> optax.GradientTransformation:
-  """SGD (Nesterov momentum, optional L2 weight decay added to the gradient) or AdamW, with a
-  learning-rate schedule: ``"cosine"`` decay to 0 over ``total_steps``, ``"constant"``, or
-  ``"step"``: times 0.1 at the start of each epoch in ``decay_epochs`` (RepDistiller's CIFAR-100
-  recipe decays at 150, 180 and 210 of 240 epochs)."""
-  if learning_rate <= 0:
-    raise ValueError(f"learning_rate must be > 0, got {learning_rate}")
-  if weight_decay < 0:
-    raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
-  if decay_epochs and schedule != "step":
-    raise ValueError(f"decay_epochs {tuple(decay_epochs)} only apply to schedule 'step', not {schedule!r}")
-  if schedule == "cosine":
-    lr = optax.cosine_decay_schedule(learning_rate, decay_steps=max(total_steps, 1))
-  elif schedule == "constant":
-    lr = learning_rate
-  elif schedule == "step":
-    if not decay_epochs or any(e < 1 for e in decay_epochs) or list(decay_epochs) != sorted(set(decay_epochs)):
-      raise ValueError(f"schedule 'step' needs increasing positive decay_epochs, got {tuple(decay_epochs)}")
-    lr = optax.piecewise_constant_schedule(learning_rate, {e * steps_per_epoch: 0.1 for e in decay_epochs})
-  else:
-    raise ValueError(f"unknown schedule {schedule!r}; use 'cosine', 'constant' or 'step'")
-  if name == "sgd":
-    return optax.chain(optax.add_decayed_weights(weight_decay) if weight_decay else optax.identity(),
-                       optax.sgd(lr, momentum=momentum or None, nesterov=bool(momentum)))
-  if name == "adam":
-    return optax.adamw(lr, weight_decay=weight_decay)
-  raise ValueError(f"unknown optimizer {name!r}; use 'sgd' or 'adam'")
+def scale_updates(tx: optax.GradientTransformation, factor) -> optax.GradientTransformation:
+  """``tx`` with its updates multiplied by ``factor`` (a traced value may do): a per-student
+  learning rate for an optimizer built with ``learning_rate=1`` (SGD's and AdamW's updates are
+  linear in it)."""
+
+  def update(updates, opt_state, params=None):
+    updates, opt_state = tx.update(updates, opt_state, params)
+    return jax.tree.map(lambda u: factor * u, updates), opt_state
+
+  return optax.GradientTransformation(tx.init, update)

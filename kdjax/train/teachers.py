@@ -22,6 +22,11 @@ from kdjax.models.functional import apply_model
 RESERVED_NAMES = ("ensemble", "student")  # keys of evaluate_ensemble's result
 
 
+def teacher_variables(params, rest) -> dict[str, Any]:
+  """A model's variables as a teacher source takes them."""
+  return {"params": params, "rest": rest}
+
+
 def teacher_groups(graphdefs: Mapping[str, Any]) -> list[tuple[Any, tuple[str, ...]]]:
   """``[(graphdef, names)]``: teachers grouped by architecture, names sorted within and across groups."""
   if not graphdefs:
@@ -71,6 +76,30 @@ def run_teachers(graphdefs: Mapping[str, Any], teacher_vars: Mapping[str, Any], 
     for i, n in enumerate(names):
       outs[n] = (logits[i], jax.tree.map(lambda f, i=i: f[i], feats))
   return jax.lax.stop_gradient(outs)
+
+
+def teacher_outputs(graphdef, variables, x: jax.Array, x_u: jax.Array | None = None, *, dtype=None):
+  """A live teacher source: ``(outputs on x, outputs on x_u or None)`` in one forward pass, in
+  inference mode, gradient stopped. ``graphdef`` is one graphdef (``variables`` one teacher's
+  ``{"params", "rest"}``: a trained teacher, or a mean teacher's moving average of the student) or
+  a dict of them (several teachers, :func:`run_teachers`); outputs are ``(logits, feats)`` or
+  ``{name: (logits, feats)}``."""
+  both = x if x_u is None else jnp.concatenate([x, x_u])
+  if isinstance(graphdef, Mapping):
+    out = run_teachers(graphdef, variables, both, dtype=dtype)
+  else:
+    logits, feats, _ = apply_model(graphdef, variables["params"], variables["rest"], both, train=False, dtype=dtype)
+    out = jax.lax.stop_gradient((logits, feats))
+  if x_u is None:
+    return out, None
+  b = x.shape[0]
+  return jax.tree.map(lambda a: a[:b], out), jax.tree.map(lambda a: a[b:], out)
+
+
+def cached_outputs(batch: dict):
+  """An offline teacher source: the outputs cached beside the training set
+  (:mod:`kdjax.train.teacher_cache`), as the loop hands them over in ``batch["teacher"]``."""
+  return batch["teacher"]["logits"], batch["teacher"]["feats"]
 
 
 def make_ensemble_eval_step(graphdefs: Mapping[str, Any], student_graphdef=None):

@@ -1,4 +1,5 @@
-"""Statistics for sweep reports, in plain Python (no scipy): Student-t quantiles and paired differences."""
+"""Statistics over seeds, in plain Python (no scipy): mean ± sample std, Student-t quantiles and paired
+differences. Used by the sweep reports and plots, and by the robustness plot."""
 
 from __future__ import annotations
 

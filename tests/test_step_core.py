@@ -1,0 +1,128 @@
+"""The one update core: a run inside a sweep is the run `distill` makes, the guard, the shape of the code."""
+
+import ast
+import dataclasses
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from kdjax.config import override
+from kdjax.methods import make_method
+from kdjax.presets import PRESETS
+from kdjax.sweep import expand, group_runs, parse_grid
+from kdjax.sweep.train import train_group
+from kdjax.train import TrainState, distill, train_teacher, update
+from kdjax.train.state import scale_updates
+
+BASE = override(PRESETS["hinton_mnist"], ["distilled.epochs=2", "teacher.epochs=1", "distilled.batch_size=50",
+                                          "teacher.batch_size=50"])
+
+
+@pytest.fixture(scope="module")
+def data(small_mnist):
+  return dataclasses.replace(small_mnist, train_images=small_mnist.train_images[:300],
+                             train_labels=small_mnist.train_labels[:300], test_images=small_mnist.test_images[:200],
+                             test_labels=small_mnist.test_labels[:200])
+
+
+def test_a_run_inside_a_sweep_is_the_run_distill_makes(data):
+  teacher = train_teacher(data, BASE.teacher, progress=False)
+  # One vmapped group of four students: two seeds, two temperatures, all on data seed 5.
+  runs = expand(parse_grid(["temperature=2,4", "seed=1,2"], BASE), BASE)
+  (group,) = group_runs(runs)
+  swept = train_group(data, group, teacher, data_seed=5, progress=False)
+  run, res = group[-1], swept[-1]
+  assert (run.seed, dict(run.hparams)["temperature"]) == (2, 4.0)
+  alone = distill(data, run.cfg.distilled, teacher, method=make_method(run.method, **dict(run.hparams)),
+                  seed=run.seed, data_seed=5, progress=False)
+  # Same initial weights, batches, augmentation, keys and updates: the same parameters, up to the
+  # float rounding of batched matmuls and of the learning rate applied as a factor.
+  for a, b in zip(jax.tree.leaves(res["state"].params), jax.tree.leaves(alone.params)):
+    np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5)
+  for h_sweep, h_alone in zip(res["history"], alone.fit.history, strict=True):
+    np.testing.assert_allclose(h_sweep["train_loss"], h_alone["train_loss"], rtol=1e-4)
+    np.testing.assert_allclose(h_sweep["train_accuracy"], h_alone["train_accuracy"], atol=1e-6)
+    assert h_sweep["test_errors"] == h_alone["test_errors"]
+    np.testing.assert_allclose(h_sweep["test_loss"], h_alone["test_loss"], rtol=1e-4)
+  # and the data seed matters: another one gives another run
+  other = distill(data, run.cfg.distilled, teacher, method=make_method(run.method, **dict(run.hparams)),
+                  seed=run.seed, data_seed=6, progress=False)
+  assert not np.allclose(jax.tree.leaves(other.params)[0], jax.tree.leaves(alone.params)[0])
+
+
+def _state(w):
+  params = {"w": jnp.asarray(w, jnp.float32)}
+  tx = optax.sgd(0.5)
+  return TrainState(params, {"bn": jnp.zeros(())}, tx.init({"student": params, "method": {}}), jnp.zeros((), jnp.int32),
+                    jax.random.key(0), {}, {}), tx
+
+
+def test_update_takes_one_gradient_step_and_reports_its_norms():
+  state, tx = _state([1.0, -2.0])
+
+  def loss_fn(trainable):  # 0.5·|w|², gradient w
+    w = trainable["student"]["w"]
+    return 0.5 * jnp.sum(w**2), ({"bn": jnp.ones(())}, {}, {"extra": jnp.sum(w)})
+
+  new, metrics = update(tx, state, loss_fn)
+  np.testing.assert_allclose(new.params["w"], [0.5, -1.0])
+  np.testing.assert_allclose(metrics["grad_norm"], np.sqrt(5.0), rtol=1e-6)
+  np.testing.assert_allclose(metrics["update_norm"], 0.5 * np.sqrt(5.0), rtol=1e-6)
+  assert metrics["loss"] == 2.5 and metrics["extra"] == -1.0 and bool(metrics["finite"])
+  assert float(new.rest["bn"]) == 1.0 and int(new.step) == 0  # step and keys are the caller's
+
+
+@pytest.mark.parametrize("bad", ["loss", "grad", "update"])
+def test_update_refuses_a_non_finite_step_whole(bad):
+  state, tx = _state([1.0, 2.0])
+  if bad == "update":
+    tx = scale_updates(tx, jnp.float32(jnp.inf))
+
+  def loss_fn(trainable):
+    w = trainable["student"]["w"]
+    loss = jnp.sum(w**2) * (jnp.nan if bad == "loss" else 1.0)
+    if bad == "grad":
+      loss = loss + jnp.sqrt(jnp.abs(w[0] - 1.0))  # infinite gradient at w[0] = 1, finite value
+    return loss, ({"bn": jnp.full((), 2.0)}, {}, {})
+
+  new, metrics = update(tx, state, loss_fn)
+  assert not bool(metrics["finite"])
+  np.testing.assert_array_equal(new.params["w"], state.params["w"])
+  assert float(new.rest["bn"]) == 0.0 and jax.tree.all(jax.tree.map(lambda a, b: bool(jnp.all(a == b)), new.opt_state,
+                                                       state.opt_state))
+
+
+def test_scale_updates_is_the_learning_rate_of_sgd():
+  state, _ = _state([1.0, -2.0])
+  loss_fn = lambda t: (0.5 * jnp.sum(t["student"]["w"] ** 2), (state.rest, {}, {}))  # noqa: E731
+  a, _ = update(optax.sgd(0.3), state, loss_fn)
+  b, _ = update(scale_updates(optax.sgd(1.0), 0.3), state, loss_fn)
+  np.testing.assert_allclose(a.params["w"], b.params["w"], rtol=1e-7)
+
+
+TRAIN = pathlib.Path(__file__).parent.parent / "kdjax" / "train"
+
+
+def test_no_function_of_the_train_step_or_loop_is_long():
+  """The step core and the loop stay readable: no function (nested ones included) over 80 lines."""
+  long = []
+  for path in sorted(TRAIN.glob("*.py")):
+    for node in ast.walk(ast.parse(path.read_text())):
+      if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno + 1 > 80:
+        long.append(f"{path.name}:{node.lineno} {node.name} ({node.end_lineno - node.lineno + 1} lines)")
+  assert not long, long
+
+
+def test_the_finite_guard_and_the_gradient_exist_once():
+  """Gradients, the optimizer update and the finite check are written in one place, step.update."""
+  hits = {}
+  for path in sorted(TRAIN.glob("*.py")):
+    text = path.read_text()
+    for needle in ("value_and_grad(", "apply_updates(", "isfinite(loss"):
+      if needle in text:
+        hits.setdefault(needle, []).append(path.name)
+  assert hits == {"value_and_grad(": ["step.py"], "apply_updates(": ["step.py"], "isfinite(loss": ["step.py"]}
