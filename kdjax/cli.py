@@ -12,10 +12,20 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
+import json
 import sys
 
+from kdjax.bench import add_ratios, bench_kd, check_config, to_jsonl, write_jsonl
+from kdjax.bench import format_table as format_bench_table
 from kdjax.config import override, validate_study
+from kdjax.methods import REGISTRY, method_hparams
+from kdjax.models import get_model_spec, model_names
+from kdjax.parallel import initialize_distributed, is_primary
 from kdjax.presets import PRESETS
+from kdjax.study import format_table, run_study
+from kdjax.sweep import run_sweep
+from kdjax.train import NonFiniteLossError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -103,7 +113,6 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
   args = _parser().parse_args(argv)
   if args.command == "list":
-    from kdjax.models import get_model_spec, model_names
     print("study configs (kdjax distill --config NAME):")
     for name, cfg in sorted(PRESETS.items()):
       print(f"  {name:20s} {cfg.dataset}: {cfg.teacher.model} -> {cfg.student.model}")
@@ -142,13 +151,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"kdjax: error: {e}", file=sys.stderr)
     return 2
   if args.show_config:
-    import json
     print(json.dumps(dataclasses.asdict(cfg), indent=2))
     return 0
 
-  from kdjax.parallel import initialize_distributed, is_primary
-  from kdjax.study import format_table, run_study
-  from kdjax.train import NonFiniteLossError
   try:
     if args.distributed:
       initialize_distributed(args.coordinator, args.num_processes, args.process_id)
@@ -170,7 +175,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def _list_methods() -> None:
   """The method registry: name, family and paper, then each hyperparameter with its default."""
-  from kdjax.methods import REGISTRY, method_hparams
   print("methods (kdjax distill --method NAME --set method.HPARAM=V; kdjax sweep --grid method=NAME; "
         "kdjax.methods.make_method):")
   for name, spec in sorted(REGISTRY.items()):
@@ -183,8 +187,6 @@ def _list_methods() -> None:
 
 
 def _sweep(args) -> int:
-  from kdjax.sweep import run_sweep
-  from kdjax.train import NonFiniteLossError
   extra = list(args.overrides) + ([f"dataset={args.data}"] if args.data else [])
   try:
     cfg = override(PRESETS[args.config], extra)
@@ -221,9 +223,6 @@ def _str_list(flag: str, text: str) -> list[str]:
 
 
 def _bench(args) -> int:
-  import itertools
-
-  from kdjax.bench import add_ratios, bench_kd, check_config, format_table, to_jsonl, write_jsonl
   try:
     axes = {"mode": _str_list("--mode", args.mode), "batch": _int_list("--batch", args.batch),
             "precision": _str_list("--precision", args.precision),
@@ -251,7 +250,7 @@ def _bench(args) -> int:
     print(f"kdjax: error: {e}", file=sys.stderr)
     return 2
   add_ratios(reports)
-  print(format_table(reports))
+  print(format_bench_table(reports))
   if args.json:
     write_jsonl(reports, args.json)
     print(f"\nwritten: {args.json}")

@@ -12,26 +12,23 @@ A run stopped by a NaN leaves its last good state in ``<run>_seed<k>_last_good.n
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import json
-import platform
 import re
 import statistics
 import time
 from pathlib import Path
 from typing import Any
 
-import jax
-
-import kdjax
-from kdjax.config import StudyConfig, TrainConfig, study_method, study_method_hparams, to_dict, validate_study
+from kdjax.config import (StudyConfig, TrainConfig, override, study_method, study_method_hparams, to_dict,
+                          validate_study)
 from kdjax.data import ArrayDataset, load_dataset
-from kdjax.models import check_input_shape, get_model_spec
-from kdjax.train import NonFiniteLossError, distill, train_student, train_teacher
+from kdjax.parallel import is_primary
+from kdjax.presets import PRESETS
+from kdjax.runs import check_models_fit_data, environment, subset_data  # re-exported, as before
+from kdjax.train import NonFiniteLossError, distill, restore_trained, train_student, train_teacher
 from kdjax.train.checkpoint import save_pytree
 
 ROLES = ("teacher", "student", "control", "distilled")
-CONFIGURED_ROLES = ("teacher", "student", "distilled")  # the control is derived from the student
 ROLE_LABELS = {"teacher": "teacher", "student": "student alone",
                "control": "student alone + jitter (control)", "distilled": "student distilled"}
 
@@ -59,21 +56,6 @@ class StudyResult:
   out_dir: Path | None = None
 
 
-def environment() -> dict[str, str]:
-  dev = jax.devices()[0]
-  return {"kdjax": kdjax.__version__, "jax": jax.__version__, "python": platform.python_version(),
-          "device": f"{dev.platform}:{getattr(dev, 'device_kind', '')} x{jax.device_count()}",
-          "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
-
-
-def check_models_fit_data(cfg: StudyConfig, data: ArrayDataset) -> None:
-  for role in CONFIGURED_ROLES:
-    try:
-      check_input_shape(get_model_spec(getattr(cfg, role).model), data.image_shape)
-    except ValueError as e:
-      raise ValueError(f"{role}: {e} ({data.name})") from None
-
-
 def run_study(cfg: StudyConfig, *, data: ArrayDataset | None = None, progress: bool = True,
               write: bool = True, checkpoint_every: int | None = None, resume: bool = False,
               teacher_checkpoint: str | Path | None = None) -> StudyResult:
@@ -84,8 +66,6 @@ def run_study(cfg: StudyConfig, *, data: ArrayDataset | None = None, progress: b
   ``teacher_checkpoint`` restores the teacher from a run's checkpoint folder instead of training
   it (its architecture is checked against ``cfg.teacher``). With several processes only process
   0 prints and writes files."""
-  from kdjax.parallel import is_primary
-  from kdjax.train import restore_trained
   validate_study(cfg)
   primary = is_primary()
   checkpoints = checkpoint_every is not None or resume
@@ -150,7 +130,6 @@ def run_study(cfg: StudyConfig, *, data: ArrayDataset | None = None, progress: b
 
 def add_experiment_args(parser, default_config: str = "hinton_mnist") -> None:
   """The options every experiment script shares: the preset, the data, seeds, epochs, overrides."""
-  from kdjax.presets import PRESETS
   parser.add_argument("--config", default=default_config, choices=sorted(PRESETS),
                       help="the study preset whose teacher, student and data to use")
   parser.add_argument("--data", help="dataset instead of the preset's: builtin, idx:DIR, tfds:NAME; text: negation, rotten_tomatoes, tfds:imdb_reviews")
@@ -188,16 +167,6 @@ def write_results(out: Path, table: str, payload: dict[str, Any]) -> None:
   (out / "results.json").write_text(json.dumps(payload, indent=2))
 
 
-def subset_data(data: ArrayDataset, subset: int | None) -> ArrayDataset:
-  """``data`` with only its first ``subset`` training images (all of them for ``None``)."""
-  if subset is None:
-    return data
-  if not 0 < subset <= len(data.train_labels):
-    raise ValueError(f"--subset must lie in [1, {len(data.train_labels)}] for {data.name}, got {subset}")
-  return dataclasses.replace(data, name=f"{data.name}[:{subset}]", train_images=data.train_images[:subset],
-                             train_labels=data.train_labels[:subset])
-
-
 def experiment_data(cfg: StudyConfig, subset: int | None = None, *, inputs: str | None = None,
                     prog: str = "experiment") -> ArrayDataset:
   """The config's dataset, cut to its first ``subset`` training images when given; a bad subset,
@@ -216,8 +185,6 @@ def experiment_data(cfg: StudyConfig, subset: int | None = None, *, inputs: str 
 def experiment_config(args, prog: str) -> StudyConfig:
   """The preset of :func:`add_experiment_args`'s options with the overrides applied, validated;
   a bad value exits with a message naming it, before any training."""
-  from kdjax.config import override
-  from kdjax.presets import PRESETS
   shortcuts = [f"dataset={args.data}"] if args.data else []
   shortcuts += [f"seeds={args.seeds}"] if args.seeds else []
   shortcuts += [f"distilled.epochs={args.epochs}"] if args.epochs else []

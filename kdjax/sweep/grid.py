@@ -33,6 +33,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from kdjax.config import StudyConfig, override, validate_study
+from kdjax.methods import make_method, method_hparams, method_names, method_spec, study_hparams
+from kdjax.methods.registry import parse_value
 
 VMAPPED_STUDY_KEYS = ("seed", "distilled.learning_rate")  # vmapped for every method
 
@@ -42,7 +44,6 @@ def vmapped_keys(method: str) -> tuple[str, ...]:
   group: the seed, the learning rate, and every key that sets a hyperparameter the method's
   registry entry lists as ``vmappable`` (``method.<h>``, and ``temperature``/``alpha`` where ``h``
   is its temperature or label weight)."""
-  from kdjax.methods import method_spec
   spec = method_spec(method)
   keys = [*VMAPPED_STUDY_KEYS]
   for h in spec.vmappable:
@@ -86,7 +87,6 @@ def _fmt(v) -> str:
 
 def _typed(key: str, text: str, default) -> Any:
   """A ``method.<name>`` grid value, typed after the method's default for it (a list's items joined by '+')."""
-  from kdjax.methods.registry import parse_value
   try:
     return parse_value(text, default, sep="+")
   except ValueError as e:
@@ -98,7 +98,6 @@ def parse_grid(items: Sequence[str], base: StudyConfig) -> dict[str, list]:
   and checked against ``base``: an empty grid, a key given twice, a key with no values, an unknown
   key, a method that does not exist or a value of the wrong type fails here, naming the key, before
   any training."""
-  from kdjax.methods import method_hparams, method_names, method_spec
   if base.method != "hinton" or base.method_hparams:
     raise ValueError(f"sweeps take the method from the grid (method=NAME, method.HPARAM=V1,V2), not from the "
                      f"config (method {base.method!r}, hyperparameters {dict(base.method_hparams)})")
@@ -160,7 +159,6 @@ def _get(cfg, dotted: str):
 def expand(grid: dict[str, list], base: StudyConfig) -> list[Run]:
   """Every run of the grid (its cartesian product), with the keys that do not apply to a run's
   method dropped and the runs that then coincide merged; each run's study config is validated."""
-  from kdjax.methods import make_method, method_hparams, method_spec, study_hparams
   keys = list(grid)
   runs: dict[tuple, Run] = {}
   for combo in itertools.product(*(grid[k] for k in keys)):

@@ -18,7 +18,7 @@ from typing import Any
 from kdjax.config import StudyConfig, TrainConfig, refuse_compression
 from kdjax.data import ArrayDataset, load_dataset
 from kdjax.methods import make_method
-from kdjax.study import check_models_fit_data, environment, subset_data
+from kdjax.runs import check_models_fit_data, environment, subset_data
 from kdjax.sweep.grid import Run, expand, group_runs, parse_grid
 from kdjax.sweep.report import write_report
 from kdjax.sweep.store import append_record, best_and_final, finished_ids, load_records, run_id
