@@ -126,3 +126,43 @@ def test_the_finite_guard_and_the_gradient_exist_once():
       if needle in text:
         hits.setdefault(needle, []).append(path.name)
   assert hits == {"value_and_grad(": ["step.py"], "apply_updates(": ["step.py"], "isfinite(loss": ["step.py"]}
+
+
+def test_a_checkpoint_from_before_the_data_stream_restores_with_its_stream_its_own_key(tmp_path):
+  """States gained ``data_rng`` on 2026-12-05; a checkpoint written before (eight fields, the same
+  signature as the old TrainState's: checked against one the old code wrote) still resumes."""
+  from kdjax.models import create_model, split_model
+  from kdjax.train import init_train_state
+  from kdjax.train.checkpoint import Checkpointing, _before_data_stream, restore_run, save_run
+  _, p, r = split_model(create_model("mlp100", num_classes=10, input_shape=(28, 28, 1), seed=0))
+  old = init_train_state(p, r, optax.sgd(0.1), jax.random.key(3))
+  save_run(Checkpointing(tmp_path), 5, _before_data_stream(old), {"step": 5})
+  like = init_train_state(p, r, optax.sgd(0.1), jax.random.key(9))
+  state, meta = restore_run(Checkpointing(tmp_path), like)
+  assert meta["step"] == 5 and isinstance(state, TrainState)
+  np.testing.assert_array_equal(jax.random.key_data(state.data_rng), jax.random.key_data(old.rng))
+  np.testing.assert_array_equal(jax.random.key_data(state.rng), jax.random.key_data(old.rng))
+
+
+def test_stacked_steps_equal_single_steps_with_more_unlabelled_images_than_labelled():
+  from kdjax.models import create_model, split_model
+  from kdjax.train import init_train_state, make_train_step
+  key = jax.random.key(0)
+  images = jax.random.randint(key, (2, 4, 28, 28, 1), 0, 256).astype(jnp.uint8)
+  unlabelled = jax.random.randint(jax.random.fold_in(key, 1), (2, 8, 28, 28, 1), 0, 256).astype(jnp.uint8)
+  labels = jax.random.randint(jax.random.fold_in(key, 2), (2, 4), 0, 10)
+  batches = {"image": images, "label": labels, "index": jnp.zeros((2, 4), jnp.int32), "unlabelled": unlabelled}
+  tg, tp, tr = split_model(create_model("mlp100", num_classes=10, input_shape=(28, 28, 1), seed=1))
+  g, p, r = split_model(create_model("mlp100", num_classes=10, input_shape=(28, 28, 1), seed=2))
+  tx = optax.sgd(0.1)
+  method = make_method("domain_kd", align="coral", target_kd_weight=0.5)
+  kwargs = dict(teacher_graphdef=tg, jitter_pixels=1)
+  fresh = lambda: init_train_state(*jax.tree.map(jnp.copy, (p, r)), tx, jax.random.key(4))  # noqa: E731 (donated)
+  state = fresh()
+  stacked, _ = make_train_step(g, tx, method, steps_per_call=2, **kwargs)(state, {"params": tp, "rest": tr}, batches)
+  single = make_train_step(g, tx, method, **kwargs)
+  state = fresh()
+  for i in range(2):
+    state, _ = single(state, {"params": tp, "rest": tr}, jax.tree.map(lambda a: a[i], batches))
+  for a, b in zip(jax.tree.leaves(stacked.params), jax.tree.leaves(state.params)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import hashlib
 import json
@@ -155,12 +156,12 @@ def restore_run(checkpointing: Checkpointing, like) -> tuple[Any, dict[str, Any]
   import orbax.checkpoint as ocp
   directory = Path(checkpointing.directory).absolute()
   steps = checkpoint_steps(directory)
-  abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), _dtype(a)), _storable(like))
-  signature = state_signature(like)
   for step in steps:
     try:
       meta = _restore(directory, step, meta=ocp.args.JsonRestore())["meta"]
-      _check_identity(directory, step, meta, checkpointing.identity, signature)
+      target = _before_data_stream(like) if meta.get("signature") == _legacy_signature(like) else like
+      _check_identity(directory, step, meta, checkpointing.identity, state_signature(target))
+      abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), _dtype(a)), _storable(target))
       state = _restore(directory, step, state=ocp.args.StandardRestore(abstract))["state"]
     except _Mismatch as e:
       raise ValueError(str(e)) from None
@@ -175,9 +176,30 @@ def restore_run(checkpointing: Checkpointing, like) -> tuple[Any, dict[str, Any]
                     stacklevel=2)
       continue
     state = jax.tree.map(lambda a, ref: jax.random.wrap_key_data(a, impl=jax.random.key_impl(ref)) if is_key(ref)
-                         else a, state, like)
+                         else a, state, target)
+    if target is not like:  # its data stream was its own key's, as every single run's was then
+      state = like._replace(**state._asdict(), data_rng=jax.numpy.copy(state.rng))
     return state, meta
   return None
+
+
+# The train state's fields before it held a data stream of its own (``data_rng``, 2026-12-05).
+_StateBeforeDataStream = collections.namedtuple("TrainState", ["params", "rest", "opt_state", "step", "rng",
+                                                               "method_params", "method_state", "ema"])
+
+
+def _before_data_stream(like):
+  """``like`` as a train state was before it held a data stream of its own (``data_rng``)."""
+  if getattr(like, "data_rng", None) is None:
+    return like
+  return _StateBeforeDataStream(*like[:8])
+
+
+def _legacy_signature(like) -> str | None:
+  """The signature a checkpoint of ``like``'s run had before states held ``data_rng``: such a
+  checkpoint restores exactly, its data stream being its own key's (a single run's always was)."""
+  old = _before_data_stream(like)
+  return None if old is like else state_signature(old)
 
 
 class _Mismatch(Exception):

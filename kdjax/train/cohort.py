@@ -49,7 +49,8 @@ def make_cohort_step(graphdef, tx: optax.GradientTransformation, make: Callable[
     keys = split_keys(state.data_rng[0])  # the cohort's one data stream
     inputs = views(keys[1], batch)
     if teacher_graphdef is not None:
-      inputs = inputs._replace(teacher=teacher_outputs(teacher_graphdef, teacher_vars, inputs.x_t, dtype=dtype)[0])
+      teacher, teacher_u = teacher_outputs(teacher_graphdef, teacher_vars, inputs.x_t, inputs.x_u, dtype=dtype)
+      inputs = inputs._replace(teacher=teacher, teacher_u=teacher_u)
     new_state, m = jax.vmap(one, in_axes=(0, None, None, 0))(state, inputs, batch, hparams)
     new_state = new_state._replace(data_rng=jnp.broadcast_to(keys[0], state.data_rng.shape))
     # Means for the progress bar, and one [K] vector per metric: a few arrays to fetch per step, not K·M scalars.

@@ -251,7 +251,7 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, method: Method, 
     hoist = t_graphdef is not None and ema_decay is None  # a fixed teacher: its work for the stack at once
     if hoist:  # [S, B, ...] flattened to one batch of S·B images for the teacher, then back
       flat = teach(state, teacher_vars, jax.tree.map(lambda a: a.reshape(-1, *a.shape[2:]), inputs), batches)
-      inputs = jax.tree.map(lambda a: a.reshape(-1, batches["label"].shape[1], *a.shape[1:]), flat)
+      inputs = jax.tree.map(lambda a: a.reshape(batches["label"].shape[0], -1, *a.shape[1:]), flat)
 
     def body(carry, inp):
       state, ok = carry
