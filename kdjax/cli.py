@@ -19,7 +19,7 @@ import sys
 from kdjax.bench import add_ratios, bench_kd, check_config, to_jsonl, write_jsonl
 from kdjax.bench import format_table as format_bench_table
 from kdjax.config import override, validate_study
-from kdjax.methods import REGISTRY, method_hparams
+from kdjax.methods import REGISTRY, format_hparams, method_hparams, method_spec
 from kdjax.models import get_model_spec, model_names
 from kdjax.parallel import initialize_distributed, is_primary
 from kdjax.presets import PRESETS
@@ -147,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
   try:
     cfg = override(cfg, extra)
     validate_study(cfg)
+    _check_study_keys_reach_method(cfg, args.overrides)
   except ValueError as e:
     print(f"kdjax: error: {e}", file=sys.stderr)
     return 2
@@ -171,6 +172,15 @@ def main(argv: list[str] | None = None) -> int:
       print(f"\nwritten: {result.out_dir}/metrics.jsonl, results.json, table.md"
             + (", checkpoints/" if args.checkpoint_every is not None or args.resume else ""))
   return 0
+
+
+def _check_study_keys_reach_method(cfg, overrides: list[str]) -> None:
+  """``--set temperature=`` / ``alpha=`` set the study's T and alpha, which only Hinton-style KD takes
+  (the registry's ``label_weight``); for any other method they would be recorded but not used."""
+  given = sorted({item.partition("=")[0].strip() for item in overrides} & {"temperature", "alpha"})
+  if given and method_spec(cfg.method).label_weight is None:
+    raise ValueError(f"method {cfg.method!r} does not take the study's {' and '.join(given)}: it keeps its own "
+                     f"defaults; set its hyperparameters as --set method.NAME=VALUE ({format_hparams(cfg.method)})")
 
 
 def _list_methods() -> None:

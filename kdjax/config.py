@@ -140,7 +140,11 @@ def study_method(cfg: StudyConfig):
   """The distilled run's :class:`kdjax.methods.Method`: ``make_method(cfg.method, **hparams)`` with the
   hyperparameters of :func:`study_method_hparams`. An unknown method or hyperparameter, or a value the
   method refuses, is a ValueError."""
-  return make_method(cfg.method, **study_method_hparams(cfg))
+  try:
+    return make_method(cfg.method, **study_method_hparams(cfg))
+  except ValueError as e:
+    given = ", ".join(f"method.{k}={v}" for k, v in cfg.method_hparams) or "its defaults"
+    raise ValueError(f"method {cfg.method!r} with {given}: {e}") from None
 
 
 def check_compression(run: TrainConfig, role: str = "run") -> None:

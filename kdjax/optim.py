@@ -6,6 +6,7 @@ optimizer settings before any training) and below :mod:`kdjax.train`, which trai
 
 from __future__ import annotations
 
+import jax
 import optax
 
 
@@ -38,3 +39,15 @@ def make_optimizer(name: str, *, learning_rate: float, total_steps: int, momentu
   if name == "adam":
     return optax.adamw(lr, weight_decay=weight_decay)
   raise ValueError(f"unknown optimizer {name!r}; use 'sgd' or 'adam'")
+
+
+def scale_updates(tx: optax.GradientTransformation, factor) -> optax.GradientTransformation:
+  """``tx`` with its updates multiplied by ``factor`` (a traced value may do): a per-student
+  learning rate for an optimizer built with ``learning_rate=1`` (SGD's and AdamW's updates are
+  linear in it)."""
+
+  def update(updates, opt_state, params=None):
+    updates, opt_state = tx.update(updates, opt_state, params)
+    return jax.tree.map(lambda u: factor * u, updates), opt_state
+
+  return optax.GradientTransformation(tx.init, update)

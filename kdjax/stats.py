@@ -14,7 +14,7 @@ _MAX_TERMS = 10_000
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
-  """Mean and sample standard deviation (0 for a single value), as ``kdjax.study.mean_std``."""
+  """Mean and sample standard deviation (0 for a single value)."""
   return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 

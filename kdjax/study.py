@@ -25,7 +25,9 @@ from kdjax.data import ArrayDataset, load_dataset
 from kdjax.parallel import is_primary
 from kdjax.presets import PRESETS
 from kdjax.runs import check_models_fit_data, environment, subset_data  # re-exported, as before
-from kdjax.train import NonFiniteLossError, distill, restore_trained, train_student, train_teacher
+from kdjax.stats import mean_std  # noqa: F401  (re-exported, as before)
+from kdjax.train import (NonFiniteLossError, check_run, distill, restore_trained, train_student, train_teacher,
+                         untrained)
 from kdjax.train.checkpoint import save_pytree
 
 ROLES = ("teacher", "student", "control", "distilled")
@@ -74,6 +76,10 @@ def run_study(cfg: StudyConfig, *, data: ArrayDataset | None = None, progress: b
   if data is None:
     data = load_dataset(cfg.dataset, tfds_data_dir=cfg.tfds_data_dir, download=cfg.download)
   check_models_fit_data(cfg, data)
+  method = study_method(cfg)  # make_method(cfg.method, ...), the study's T and alpha filled in where it takes them
+  # The distilled run traced on shapes (an untrained stand-in teacher) before anything is written: a method
+  # that does not fit the models or the data fails before the teacher and the students alone have trained.
+  check_run(data, cfg.distilled, method, untrained(data, cfg.teacher))
   env = environment()
   out_dir = Path(cfg.workdir) / cfg.name if write else None
   log_path = None
@@ -112,7 +118,6 @@ def run_study(cfg: StudyConfig, *, data: ArrayDataset | None = None, progress: b
   if out_dir and primary:
     save_pytree(out_dir / "teacher.npz", teacher.variables)
   control = control_config(cfg)
-  method = study_method(cfg)  # make_method(cfg.method, ...), the study's T and alpha filled in where it takes them
   for seed in cfg.seeds:
     run("student", seed, train_student, cfg.student)
     if control:
@@ -194,12 +199,10 @@ def experiment_config(args, prog: str) -> StudyConfig:
     validate_study(cfg)
   except ValueError as e:
     raise SystemExit(f"{prog}: {e}") from None
+  if cfg.method != PRESETS[args.config].method or cfg.method_hparams != PRESETS[args.config].method_hparams:
+    raise SystemExit(f"{prog}: this script builds its own methods; --set method=... and method.<name>=... apply to "
+                     "kdjax distill (and kdjax sweep --grid method=...)")
   return cfg
-
-
-def mean_std(values: list[float]) -> tuple[float, float]:
-  """Mean and sample standard deviation (0 for a single value)."""
-  return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
 def mean_pm(values: list[float], fmt: str = ".1f") -> str:

@@ -194,6 +194,11 @@ def test_cli_distills_with_any_registered_method(mnist, capsys, tmp_path):
     (["--method", "gkd", "--set", "method.beta=1"], r"strictly between 0 and 1"),
     (["--method", "tf_kd"], r"method 'tf_kd' uses no teacher"),
     (["--set", "method_hparams=beta"], r"set the method's hyperparameters one by one, as method.NAME=VALUE"),
+    (["--method", "dkd", "--set", "temperature=8"],
+     r"method 'dkd' does not take the study's temperature.*--set method.NAME=VALUE \(alpha=1.0, beta=8.0, temperature"),
+    # traced on shapes before the teacher trains: a feature the student lacks, inputs the data lacks
+    (["--method", "fitnet", "--set", "method.student_layer=conv1"], r"unknown feature 'conv1' for the student"),
+    (["--method", "domain_kd"], r"domain_kd needs unlabelled target-domain images"),
 ])
 def test_cli_bad_method_fails_before_training(argv, message, capsys, tmp_path):
   code = main(["distill", "--no-progress", "--workdir", str(tmp_path), *argv])
@@ -232,3 +237,15 @@ def test_the_table_title_names_the_method():
   assert method_label(override(HINTON_MNIST, ["method.temperature=4"])) == \
       "method hinton (alpha=0.5, temperature=4)"
   assert dataclasses.replace(HINTON_MNIST, method="hinton") == HINTON_MNIST
+
+
+@pytest.mark.parametrize("item", ["method=dkd", "method.temperature=2"])
+def test_experiment_scripts_refuse_a_method_they_would_ignore(item):
+  import argparse
+
+  from kdjax.study import add_experiment_args, experiment_config
+  parser = argparse.ArgumentParser()
+  add_experiment_args(parser)
+  with pytest.raises(SystemExit, match="feature_kd: this script builds its own methods"):
+    experiment_config(parser.parse_args(["--set", item]), "feature_kd")
+  assert experiment_config(parser.parse_args(["--set", "temperature=4"]), "feature_kd").temperature == 4.0

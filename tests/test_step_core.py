@@ -16,7 +16,7 @@ from kdjax.presets import PRESETS
 from kdjax.sweep import expand, group_runs, parse_grid
 from kdjax.sweep.train import train_group
 from kdjax.train import TrainState, distill, train_teacher, update
-from kdjax.train.state import scale_updates
+from kdjax.optim import scale_updates
 
 BASE = override(PRESETS["hinton_mnist"], ["distilled.epochs=2", "teacher.epochs=1", "distilled.batch_size=50",
                                           "teacher.batch_size=50"])
@@ -34,7 +34,7 @@ def test_a_run_inside_a_sweep_is_the_run_distill_makes(data):
   # One vmapped group of four students: two seeds, two temperatures, all on data seed 5.
   runs = expand(parse_grid(["temperature=2,4", "seed=1,2"], BASE), BASE)
   (group,) = group_runs(runs)
-  swept = train_group(data, group, teacher, data_seed=5, progress=False)
+  swept = train_group(data, group, teacher, data_seed=5, keep_states=True, progress=False)
   run, res = group[-1], swept[-1]
   assert (run.seed, dict(run.hparams)["temperature"]) == (2, 4.0)
   alone = distill(data, run.cfg.distilled, teacher, method=make_method(run.method, **dict(run.hparams)),
@@ -166,3 +166,13 @@ def test_stacked_steps_equal_single_steps_with_more_unlabelled_images_than_label
     state, _ = single(state, {"params": tp, "rest": tr}, jax.tree.map(lambda a: a[i], batches))
   for a, b in zip(jax.tree.leaves(stacked.params), jax.tree.leaves(state.params)):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_gkd_skew_is_vmapped_in_a_sweep_group(data):
+  runs = expand(parse_grid(["method=gkd", "method.beta=0.3,0.7", "seed=0"], BASE), BASE)
+  (group,) = group_runs(runs)  # one program for both skews
+  cfg = override(BASE, ["distilled.epochs=1"])
+  group = [dataclasses.replace(r, cfg=cfg) for r in group]
+  teacher = train_teacher(data, override(BASE, ["teacher.epochs=1"]).teacher, progress=False)
+  low, high = train_group(data, group, teacher, progress=False)
+  assert low["history"][-1]["train_loss"] != high["history"][-1]["train_loss"]  # each student got its own beta

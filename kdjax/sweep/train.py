@@ -30,13 +30,6 @@ from kdjax.train.loop import fit, steps_per_epoch
 from kdjax.train.online import evaluate_online, make_online_eval_step
 from kdjax.train.state import init_train_state, make_optimizer
 
-def traced_hparams(method: str, hparams) -> list[str]:
-  """The hyperparameters of ``method`` passed as traced per-student values: those the registry
-  marks vmappable (the KD T and α of the logit methods, DKD's/DIST's β). Others, e.g. CRD's
-  contrastive ``temperature``, stay Python values: their checks need concrete numbers."""
-  return vmapped_hparams(method, dict(hparams))
-
-
 def check_group(runs: Sequence[Run]) -> None:
   if not runs:
     raise ValueError("a group needs at least one run")
@@ -75,7 +68,7 @@ def group_step(graphdef, tx, runs: Sequence[Run], teacher_graphdef=None, *, jitt
   """The group's jitted cohort step (:func:`kdjax.train.cohort.make_cohort_step`): each student's
   method built from the group's method, its fixed hyperparameters and the student's traced ones."""
   first = runs[0]
-  traced = traced_hparams(first.method, first.hparams)
+  traced = vmapped_hparams(first.method, first.hparams)
   static = {k: v for k, v in first.hparams if k not in traced}
   check_cohort_teacher(make_method(first.method, **dict(first.hparams)), teacher_graphdef)
   return make_cohort_step(graphdef, tx, lambda h: make_method(first.method, **static, **h),
@@ -85,18 +78,18 @@ def group_step(graphdef, tx, runs: Sequence[Run], teacher_graphdef=None, *, jitt
 
 def group_hparams(runs: Sequence[Run]) -> dict[str, jax.Array]:
   """The group's per-student hyperparameters as ``[K]`` arrays: the traced ones
-  (:func:`traced_hparams`), and ``"learning_rate"``."""
-  traced = traced_hparams(runs[0].method, runs[0].hparams)
+  (:func:`kdjax.methods.vmapped_hparams`), and ``"learning_rate"``."""
+  traced = vmapped_hparams(runs[0].method, runs[0].hparams)
   hp = {k: jnp.asarray([dict(r.hparams)[k] for r in runs], jnp.float32) for k in traced}
   hp["learning_rate"] = jnp.asarray([r.cfg.distilled.learning_rate for r in runs], jnp.float32)
   return hp
 
 
 def train_group(data: ArrayDataset, runs: Sequence[Run], teacher: TrainedModel | None, *, data_seed: int = 0,
-                progress: bool = True, desc: str = "sweep") -> list[dict[str, Any]]:
+                keep_states: bool = False, progress: bool = True, desc: str = "sweep") -> list[dict[str, Any]]:
   """Trains ``runs`` (one group, see :func:`kdjax.sweep.grid.group_runs`) together; returns one
-  result per run, in order: ``{"history": [per-epoch dicts], "wall_s", "skipped_steps", "state"}``
-  (``state``: the run's own final :class:`~kdjax.train.state.TrainState`), where
+  result per run, in order: ``{"history": [per-epoch dicts], "wall_s", "skipped_steps"}``
+  (and with ``keep_states``, ``"state"``: the run's own final :class:`~kdjax.train.state.TrainState`), where
   ``wall_s`` is the group's wall time divided by its size (each run's share)."""
   check_group(runs)
   data.require_plain_images("sweeps")
@@ -127,6 +120,8 @@ def train_group(data: ArrayDataset, runs: Sequence[Run], teacher: TrainedModel |
                 "test_loss": rec[f"test_loss/{k}"], "train_loss": rec["train_loss/students"][k],
                 "train_accuracy": rec["train_accuracy/students"][k],
                 "skipped_steps": round(rec["train_skipped/students"][k] * per_epoch)} for rec in result.history]
-    out.append({"history": history, "wall_s": wall / k_students, "state": jax.tree.map(lambda a: a[k], result.state),
+    out.append({"history": history, "wall_s": wall / k_students,
                 "skipped_steps": sum(h["skipped_steps"] for h in history)})
+    if keep_states:
+      out[-1]["state"] = jax.tree.map(lambda a: a[k], result.state)
   return out

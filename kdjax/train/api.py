@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import numpy as np
 
 from kdjax.compress import fake_quantize, pruning
 from kdjax.config import TrainConfig, check_compression, check_teacher_cache
@@ -121,13 +122,11 @@ def _vocabulary(data: ArrayDataset) -> str | None:
   return vocab_fingerprint(data.vocab)
 
 
-def _train(data: ArrayDataset, cfg: TrainConfig, method: Method, *, seed: int, desc: str,
-           teacher: Teachers = None, ema_decay: float | None = None, log_path: str | Path | None = None,
-           log_fields: dict[str, Any] | None = None, progress: bool = True,
-           checkpoint_dir: str | Path | None = None, checkpoint_every: int = 0, resume: bool = False,
-           mesh=None, data_seed: int | None = None) -> TrainedModel:
+def _setup(data: ArrayDataset, cfg: TrainConfig, method: Method, teacher: Teachers, *, seed: int,
+           ema_decay: float | None = None, data_seed: int | None = None):
+  """``(graphdef, state, train_step, teacher graphdef, teacher variables)`` of a run, after the checks
+  that need no training: the method against its teachers and the data, the teacher source."""
   t_graphdef, t_vars, t_shapes = _teacher_args(teacher, teacher_input_shape(data))
-  # The train step checks the method against its teachers before anything is initialized.
   check_teacher_cache(cfg.teacher_cache)
   if ema_decay is not None and data.teacher_train_images is not None:
     raise ValueError("a mean teacher is the student's own average and sees the student's images: give data "
@@ -146,6 +145,47 @@ def _train(data: ArrayDataset, cfg: TrainConfig, method: Method, *, seed: int, d
                                teacher_graphdef=None if cached else t_graphdef, ema_decay=ema_decay,
                                precision=cfg.precision, steps_per_call=cfg.steps_per_call, cached_teacher=cached,
                                fake_quant=cfg.fake_quant)
+  return graphdef, state, train_step, t_graphdef, t_vars
+
+
+def check_run(data: ArrayDataset, cfg: TrainConfig, method: Method, teacher: Teachers = None) -> None:
+  """Fails now, naming the problem, on a run that could not train: ``method`` with ``teacher`` on
+  ``data`` (a feature the models lack, inputs the method needs and the data does not have, ...).
+  Its step is traced once on shapes alone (``jax.eval_shape``: nothing is computed), so a study can
+  check its last run before its first one trains. ``teacher`` may be untrained (:func:`untrained`)."""
+  cfg = dataclasses.replace(cfg, teacher_cache="off", steps_per_call=1)  # the same method checks, a live teacher
+  _, state, train_step, _, t_vars = _setup(data, cfg, method, teacher, seed=0)
+
+  def rows(a, n):
+    return jax.ShapeDtypeStruct((n, *np.shape(a)[1:]), np.asarray(a[:1]).dtype)
+
+  b = cfg.batch_size
+  batch = {"image": rows(data.train_images, b), "label": jax.ShapeDtypeStruct((b,), np.int32),
+           "index": jax.ShapeDtypeStruct((b,), np.int32)}
+  if data.teacher_train_images is not None:
+    batch["teacher_image"] = rows(data.teacher_train_images, b)
+  if data.unlabelled_images is not None:
+    batch["unlabelled"] = rows(data.unlabelled_images, b)
+  jax.eval_shape(train_step, state, t_vars, batch)
+
+
+def untrained(data: ArrayDataset, cfg: TrainConfig, *, seed: int = 0) -> TrainedModel:
+  """``cfg``'s model as initialized for ``data``, untrained: a stand-in teacher for :func:`check_run`."""
+  model = create_model(cfg.model, num_classes=data.num_classes, input_shape=teacher_input_shape(data), seed=seed,
+                       **model_options(cfg, data))
+  graphdef, params, rest = split_model(model)
+  return TrainedModel(cfg.model, data.num_classes, teacher_input_shape(data), graphdef, params, rest, None,
+                      vocabulary=_vocabulary(data))
+
+
+def _train(data: ArrayDataset, cfg: TrainConfig, method: Method, *, seed: int, desc: str,
+           teacher: Teachers = None, ema_decay: float | None = None, log_path: str | Path | None = None,
+           log_fields: dict[str, Any] | None = None, progress: bool = True,
+           checkpoint_dir: str | Path | None = None, checkpoint_every: int = 0, resume: bool = False,
+           mesh=None, data_seed: int | None = None) -> TrainedModel:
+  graphdef, state, train_step, t_graphdef, t_vars = _setup(data, cfg, method, teacher, seed=seed,
+                                                           ema_decay=ema_decay, data_seed=data_seed)
+  cached = cfg.teacher_cache != "off"
   teacher_cache = None
   if cached:  # offline KD: the teacher's outputs on the training images, once
     teacher_cache = cached_teacher_outputs(

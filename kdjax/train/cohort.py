@@ -22,7 +22,8 @@ import optax
 from kdjax.methods import Method
 from kdjax.models.functional import compute_dtype
 from kdjax.train.inputs import Inputs, make_views, split_keys
-from kdjax.train.state import TrainState, scale_updates
+from kdjax.optim import scale_updates
+from kdjax.train.state import TrainState
 from kdjax.train.step import Recipe, check_teachers, student_step
 from kdjax.train.teachers import stack_trees, teacher_outputs
 

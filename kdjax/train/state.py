@@ -43,15 +43,3 @@ def init_train_state(params, rest, tx: optax.GradientTransformation, rng: jax.Ar
                     method_state={} if method_state is None else method_state,
                     ema={"params": jax.tree.map(jnp.copy, params), "rest": jax.tree.map(jnp.copy, rest)} if ema else None,
                     data_rng=jnp.copy(rng) if data_rng is None else data_rng)  # a buffer of its own: the state is donated
-
-
-def scale_updates(tx: optax.GradientTransformation, factor) -> optax.GradientTransformation:
-  """``tx`` with its updates multiplied by ``factor`` (a traced value may do): a per-student
-  learning rate for an optimizer built with ``learning_rate=1`` (SGD's and AdamW's updates are
-  linear in it)."""
-
-  def update(updates, opt_state, params=None):
-    updates, opt_state = tx.update(updates, opt_state, params)
-    return jax.tree.map(lambda u: factor * u, updates), opt_state
-
-  return optax.GradientTransformation(tx.init, update)
