@@ -1,7 +1,7 @@
-"""The one update core: a run inside a sweep is the run `distill` makes, the guard, the shape of the code."""
+"""The one update core: its guard, the pieces around it, the shape of the code (a run inside a sweep being
+the run `distill` makes is in tests/test_sweep.py)."""
 
 import ast
-import dataclasses
 import pathlib
 
 import jax
@@ -10,48 +10,9 @@ import numpy as np
 import optax
 import pytest
 
-from kdjax.config import override
 from kdjax.methods import make_method
-from kdjax.presets import PRESETS
-from kdjax.sweep import expand, group_runs, parse_grid
-from kdjax.sweep.train import train_group
-from kdjax.train import TrainState, distill, train_teacher, update
 from kdjax.optim import scale_updates
-
-BASE = override(PRESETS["hinton_mnist"], ["distilled.epochs=2", "teacher.epochs=1", "distilled.batch_size=50",
-                                          "teacher.batch_size=50"])
-
-
-@pytest.fixture(scope="module")
-def data(small_mnist):
-  return dataclasses.replace(small_mnist, train_images=small_mnist.train_images[:300],
-                             train_labels=small_mnist.train_labels[:300], test_images=small_mnist.test_images[:200],
-                             test_labels=small_mnist.test_labels[:200])
-
-
-def test_a_run_inside_a_sweep_is_the_run_distill_makes(data):
-  teacher = train_teacher(data, BASE.teacher, progress=False)
-  # One vmapped group of four students: two seeds, two temperatures, all on data seed 5.
-  runs = expand(parse_grid(["temperature=2,4", "seed=1,2"], BASE), BASE)
-  (group,) = group_runs(runs)
-  swept = train_group(data, group, teacher, data_seed=5, keep_states=True, progress=False)
-  run, res = group[-1], swept[-1]
-  assert (run.seed, dict(run.hparams)["temperature"]) == (2, 4.0)
-  alone = distill(data, run.cfg.distilled, teacher, method=make_method(run.method, **dict(run.hparams)),
-                  seed=run.seed, data_seed=5, progress=False)
-  # Same initial weights, batches, augmentation, keys and updates: the same parameters, up to the
-  # float rounding of batched matmuls and of the learning rate applied as a factor.
-  for a, b in zip(jax.tree.leaves(res["state"].params), jax.tree.leaves(alone.params)):
-    np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5)
-  for h_sweep, h_alone in zip(res["history"], alone.fit.history, strict=True):
-    np.testing.assert_allclose(h_sweep["train_loss"], h_alone["train_loss"], rtol=1e-4)
-    np.testing.assert_allclose(h_sweep["train_accuracy"], h_alone["train_accuracy"], atol=1e-6)
-    assert h_sweep["test_errors"] == h_alone["test_errors"]
-    np.testing.assert_allclose(h_sweep["test_loss"], h_alone["test_loss"], rtol=1e-4)
-  # and the data seed matters: another one gives another run
-  other = distill(data, run.cfg.distilled, teacher, method=make_method(run.method, **dict(run.hparams)),
-                  seed=run.seed, data_seed=6, progress=False)
-  assert not np.allclose(jax.tree.leaves(other.params)[0], jax.tree.leaves(alone.params)[0])
+from kdjax.train import TrainState, update
 
 
 def _state(w):
@@ -133,7 +94,12 @@ def test_a_checkpoint_from_before_the_data_stream_restores_with_its_stream_its_o
   signature as the old TrainState's: checked against one the old code wrote) still resumes."""
   from kdjax.models import create_model, split_model
   from kdjax.train import init_train_state
-  from kdjax.train.checkpoint import Checkpointing, _before_data_stream, restore_run, save_run
+  from kdjax.train.checkpoint import (
+    Checkpointing,
+    _before_data_stream,
+    restore_run,
+    save_run,
+  )
   _, p, r = split_model(create_model("mlp100", num_classes=10, input_shape=(28, 28, 1), seed=0))
   old = init_train_state(p, r, optax.sgd(0.1), jax.random.key(3))
   save_run(Checkpointing(tmp_path), 5, _before_data_stream(old), {"step": 5})
@@ -166,13 +132,3 @@ def test_stacked_steps_equal_single_steps_with_more_unlabelled_images_than_label
     state, _ = single(state, {"params": tp, "rest": tr}, jax.tree.map(lambda a: a[i], batches))
   for a, b in zip(jax.tree.leaves(stacked.params), jax.tree.leaves(state.params)):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
-
-
-def test_gkd_skew_is_vmapped_in_a_sweep_group(data):
-  runs = expand(parse_grid(["method=gkd", "method.beta=0.3,0.7", "seed=0"], BASE), BASE)
-  (group,) = group_runs(runs)  # one program for both skews
-  cfg = override(BASE, ["distilled.epochs=1"])
-  group = [dataclasses.replace(r, cfg=cfg) for r in group]
-  teacher = train_teacher(data, override(BASE, ["teacher.epochs=1"]).teacher, progress=False)
-  low, high = train_group(data, group, teacher, progress=False)
-  assert low["history"][-1]["train_loss"] != high["history"][-1]["train_loss"]  # each student got its own beta

@@ -3,16 +3,18 @@
 import dataclasses
 import json
 
+import jax
 import numpy as np
 import pytest
 
 from kdjax.cli import main as cli
 from kdjax.config import override
+from kdjax.methods import make_method
 from kdjax.presets import PRESETS
 from kdjax.sweep import expand, group_runs, load_records, parse_grid, run_sweep
 from kdjax.sweep import run as sweep_run
 from kdjax.sweep.train import train_group
-from kdjax.train import train_teacher
+from kdjax.train import distill, train_teacher
 
 BASE = override(PRESETS["hinton_mnist"], ["distilled.epochs=2", "teacher.epochs=1", "distilled.batch_size=50",
                                           "teacher.batch_size=50"])
@@ -204,3 +206,36 @@ def test_a_resumed_sweep_with_keys_reordered_trains_nothing_and_reports_the_new_
   assert [r["variant"] for r in again.records] == ["method=supervised distilled.epochs=1",
                                                    "method=hinton distilled.epochs=1"]
   assert "baseline `method=supervised distilled.epochs=1`" in (tmp_path / "report.md").read_text()
+
+
+def test_a_run_inside_a_sweep_is_the_run_distill_makes(data, teacher):
+  # One vmapped group of four students: two seeds, two temperatures, all on data seed 5.
+  runs = expand(parse_grid(["temperature=2,4", "seed=1,2"], BASE), BASE)
+  (group,) = group_runs(runs)
+  swept = train_group(data, group, teacher, data_seed=5, keep_states=True, progress=False)
+  run, res = group[-1], swept[-1]
+  assert (run.seed, dict(run.hparams)["temperature"]) == (2, 4.0)
+  alone = distill(data, run.cfg.distilled, teacher, method=make_method(run.method, **dict(run.hparams)),
+                  seed=run.seed, data_seed=5, progress=False)
+  # Same initial weights, batches, augmentation, keys and updates: the same parameters, up to the
+  # float rounding of batched matmuls and of the learning rate applied as a factor.
+  for a, b in zip(jax.tree.leaves(res["state"].params), jax.tree.leaves(alone.params)):
+    np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5)
+  for h_sweep, h_alone in zip(res["history"], alone.fit.history, strict=True):
+    np.testing.assert_allclose(h_sweep["train_loss"], h_alone["train_loss"], rtol=1e-4)
+    np.testing.assert_allclose(h_sweep["train_accuracy"], h_alone["train_accuracy"], atol=1e-6)
+    assert h_sweep["test_errors"] == h_alone["test_errors"]
+    np.testing.assert_allclose(h_sweep["test_loss"], h_alone["test_loss"], rtol=1e-4)
+  # and the data seed matters: another one gives another run
+  other = distill(data, run.cfg.distilled, teacher, method=make_method(run.method, **dict(run.hparams)),
+                  seed=run.seed, data_seed=6, progress=False)
+  assert not np.allclose(jax.tree.leaves(other.params)[0], jax.tree.leaves(alone.params)[0])
+
+
+def test_gkd_skew_is_vmapped_in_a_sweep_group(data, teacher):
+  runs = expand(parse_grid(["method=gkd", "method.beta=0.3,0.7", "seed=0"], BASE), BASE)
+  (group,) = group_runs(runs)  # one program for both skews
+  cfg = override(BASE, ["distilled.epochs=1"])
+  group = [dataclasses.replace(r, cfg=cfg) for r in group]
+  low, high = train_group(data, group, teacher, progress=False)
+  assert low["history"][-1]["train_loss"] != high["history"][-1]["train_loss"]  # each student got its own beta
