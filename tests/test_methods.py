@@ -69,7 +69,7 @@ def test_the_registry_says_which_hyperparameters_studies_and_sweeps_set():
                                                                        "reverse_kd"]
   assert vmapped_hparams("hinton", {"alpha": 0.5, "temperature": 4.0, "standardize": True}) == ["temperature", "alpha"]
   assert vmapped_hparams("dkd", (("beta", 8.0), ("temperature", 4.0), ("alpha", 1.0))) == ["temperature", "beta"]
-  assert vmapped_hparams("gkd", ["beta", "temperature"]) == ["temperature"]  # GKD's skew is checked in Python
+  assert vmapped_hparams("gkd", ["beta", "temperature"]) == ["temperature", "beta"]  # a plain factor; its check skips traced values
   assert vmapped_hparams("crd_inbatch", {"temperature": 0.07}) == []  # a contrastive tau, not the KD T
   assert study_hparams("hinton", {"temperature": 2.0}, temperature=20.0, alpha=0.5) == {"temperature": 2.0,
                                                                                          "alpha": 0.5}
