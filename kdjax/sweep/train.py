@@ -26,9 +26,11 @@ from kdjax.models import create_model, feature_shapes, split_model
 from kdjax.sweep.grid import Run
 from kdjax.train.api import TrainedModel
 from kdjax.train.cohort import check_cohort_teacher, make_cohort_step, stack_states
+from kdjax.train.inputs import run_keys
 from kdjax.train.loop import fit, steps_per_epoch
 from kdjax.train.online import evaluate_online, make_online_eval_step
 from kdjax.train.state import init_train_state, make_optimizer
+
 
 def check_group(runs: Sequence[Run]) -> None:
   if not runs:
@@ -54,12 +56,11 @@ def init_group(runs: Sequence[Run], tx, num_classes: int, input_shape, teacher_s
                          **cfg.model_options())
     g, params, rest = split_model(model)
     graphdef = g if graphdef is None else graphdef
-    key = jax.random.key(run.seed)
+    keys = run_keys(run.seed, data_seed)  # as distill(seed=run.seed, data_seed=data_seed) starts
     method = make_method(run.method, **dict(run.hparams))
-    m_params, m_state = init_method(method, jax.random.fold_in(key, 2), feature_shapes(g, params, rest, input_shape),
+    m_params, m_state = init_method(method, keys.method_init, feature_shapes(g, params, rest, input_shape),
                                     teacher_shapes, num_examples)
-    states.append(init_train_state(params, rest, tx, jax.random.fold_in(key, 1), m_params, m_state,
-                                   data_rng=jax.random.fold_in(jax.random.key(data_seed), 1)))
+    states.append(init_train_state(params, rest, tx, keys.rng, m_params, m_state, data_rng=keys.data_rng))
   return graphdef, stack_states(states)
 
 

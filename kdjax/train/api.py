@@ -17,9 +17,10 @@ from kdjax.data.text import check_saved_vocab, save_vocab, vocab_fingerprint
 from kdjax.methods import Method, hinton_kd, init_method, multi_teacher_kd, supervised
 from kdjax.models import create_model, feature_shapes, split_model
 from kdjax.train.checkpoint import Checkpointing, restore_run
+from kdjax.train.evaluation import make_eval_step
+from kdjax.train.inputs import run_keys
 from kdjax.train.loop import FitResult, fit, steps_per_epoch
 from kdjax.train.state import init_train_state, make_optimizer
-from kdjax.train.evaluation import make_eval_step
 from kdjax.train.step import make_train_step
 from kdjax.train.teacher_cache import cached_teacher_outputs
 from kdjax.train.teachers import teacher_variables
@@ -84,14 +85,12 @@ def _initial_state(data: ArrayDataset, cfg: TrainConfig, method: Method, *, seed
     last = cfg.epochs * per_epoch - 1
     tx = pruning(tx, final_sparsity=cfg.prune_sparsity, start_step=min(cfg.prune_start * per_epoch, last),
                  end_step=min(cfg.prune_end * per_epoch, last), every=cfg.prune_every, scope=cfg.prune_scope)
-  key = jax.random.key(seed)
+  keys = run_keys(seed, data_seed)
   s_shapes = feature_shapes(graphdef, params, rest, data.image_shape)
   # The method's learnable parts and state, sized from the feature shapes before any data is seen.
-  method_params, method_state = init_method(method, jax.random.fold_in(key, 2), s_shapes,
+  method_params, method_state = init_method(method, keys.method_init, s_shapes,
                                             s_shapes if ema else teacher_shapes, len(data.train_labels))
-  data_key = key if data_seed is None else jax.random.key(data_seed)
-  state = init_train_state(params, rest, tx, jax.random.fold_in(key, 1), method_params, method_state, ema=ema,
-                           data_rng=jax.random.fold_in(data_key, 1))
+  state = init_train_state(params, rest, tx, keys.rng, method_params, method_state, ema=ema, data_rng=keys.data_rng)
   return graphdef, tx, state
 
 

@@ -29,6 +29,22 @@ class Inputs(NamedTuple):
   teacher_u: Any = None
 
 
+class RunKeys(NamedTuple):
+  """A run's starting keys: its own stream (``rng``), its method's initialization, its data stream."""
+
+  rng: jax.Array
+  method_init: jax.Array
+  data_rng: jax.Array
+
+
+def run_keys(seed: int, data_seed: int | None = None) -> RunKeys:
+  """The keys a run with ``seed`` starts from, its data stream from ``data_seed`` (default ``seed``):
+  one scheme for single runs and a sweep's students, so that a sweep's run is the single run."""
+  key = jax.random.key(seed)
+  data_key = key if data_seed is None else jax.random.key(data_seed)
+  return RunKeys(jax.random.fold_in(key, 1), jax.random.fold_in(key, 2), jax.random.fold_in(data_key, 1))
+
+
 def split_keys(rng: jax.Array) -> jax.Array:
   """``[next, augmentation, dropout, method]``: the four keys a step draws from a stream."""
   return jax.random.split(rng, 4)
