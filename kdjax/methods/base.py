@@ -13,7 +13,9 @@ and the method itself is callable the same way (``method(...)`` calls ``method.l
   (``method.multi_teacher``), a dict ``{name: (teacher_logits, teacher_feats)}``.
 - ``batch`` holds ``"label"``, ``"step"`` (the student's step count before this
   update, for schedules), ``"index"`` (each example's position in the training
-  set, for memory banks) and ``"key"`` (a fresh PRNG key for this step).
+  set, for memory banks), ``"key"`` (a fresh PRNG key for this step) and, where the
+  step knows the run's length, ``"epoch"`` (epochs done before this step, a float)
+  and ``"epochs"`` (the run's length, a Python int), for schedules in epochs.
 - ``loss_B`` is the per-example loss; ``terms`` maps each named term to its
   per-example value (or a batch scalar where a loss couples the batch, as DIST),
   so every term is logged separately.

@@ -65,16 +65,18 @@ def init_group(runs: Sequence[Run], tx, num_classes: int, input_shape, teacher_s
 
 
 def group_step(graphdef, tx, runs: Sequence[Run], teacher_graphdef=None, *, jitter_pixels: int = 0,
-               hflip: bool = False, precision: str = "fp32"):
+               hflip: bool = False, precision: str = "fp32", steps_per_epoch: int | None = None,
+               epochs: int | None = None):
   """The group's jitted cohort step (:func:`kdjax.train.cohort.make_cohort_step`): each student's
-  method built from the group's method, its fixed hyperparameters and the student's traced ones."""
+  method built from the group's method, its fixed hyperparameters and the student's traced ones;
+  ``steps_per_epoch`` and ``epochs``, the run's length, for methods with schedules in epochs."""
   first = runs[0]
   traced = vmapped_hparams(first.method, first.hparams)
   static = {k: v for k, v in first.hparams if k not in traced}
   check_cohort_teacher(make_method(first.method, **dict(first.hparams)), teacher_graphdef)
   return make_cohort_step(graphdef, tx, lambda h: make_method(first.method, **static, **h),
                           teacher_graphdef=teacher_graphdef, jitter_pixels=jitter_pixels, hflip=hflip,
-                          precision=precision)
+                          precision=precision, steps_per_epoch=steps_per_epoch, epochs=epochs)
 
 
 def group_hparams(runs: Sequence[Run]) -> dict[str, jax.Array]:
@@ -108,7 +110,8 @@ def train_group(data: ArrayDataset, runs: Sequence[Run], teacher: TrainedModel |
   graphdef, state = init_group(runs, tx, data.num_classes, data.image_shape, t_shapes, len(data.train_labels),
                                data_seed)
   hp = group_hparams(runs)
-  step = group_step(graphdef, tx, runs, t_graphdef, jitter_pixels=cfg.jitter, hflip=cfg.hflip, precision=cfg.precision)
+  step = group_step(graphdef, tx, runs, t_graphdef, jitter_pixels=cfg.jitter, hflip=cfg.hflip, precision=cfg.precision,
+                    steps_per_epoch=per_epoch, epochs=cfg.epochs)
   eval_step = make_online_eval_step(graphdef)
   t0 = time.perf_counter()
   result = fit(state, lambda s, t, b: step(s, t, b, hp), None, data, epochs=cfg.epochs, batch_size=cfg.batch_size,

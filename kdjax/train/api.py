@@ -143,7 +143,9 @@ def _setup(data: ArrayDataset, cfg: TrainConfig, method: Method, teacher: Teache
   train_step = make_train_step(graphdef, tx, method, jitter_pixels=cfg.jitter, hflip=cfg.hflip,
                                teacher_graphdef=None if cached else t_graphdef, ema_decay=ema_decay,
                                precision=cfg.precision, steps_per_call=cfg.steps_per_call, cached_teacher=cached,
-                               fake_quant=cfg.fake_quant)
+                               fake_quant=cfg.fake_quant,
+                               steps_per_epoch=steps_per_epoch(len(data.train_labels), cfg.batch_size),
+                               epochs=cfg.epochs)
   return graphdef, state, train_step, t_graphdef, t_vars
 
 

@@ -30,7 +30,8 @@ from kdjax.train.teachers import stack_trees, teacher_outputs
 
 def make_cohort_step(graphdef, tx: optax.GradientTransformation, make: Callable[[dict], Method], *,
                      teacher_graphdef=None, jitter_pixels: int = 0, hflip: bool = False,
-                     precision: str = "fp32") -> Callable:
+                     precision: str = "fp32", steps_per_epoch: int | None = None,
+                     epochs: int | None = None) -> Callable:
   """Jitted ``step(state, teacher_vars, batch, hparams) -> (state, metrics)`` for stacked students.
 
   ``make(hp)`` builds student k's method from its hyperparameters ``hp`` (student k's slice of
@@ -38,13 +39,15 @@ def make_cohort_step(graphdef, tx: optax.GradientTransformation, make: Callable[
   built with learning rate 1). Metrics are ``[K]`` vectors (``loss/students``, ...,
   ``skipped/students`` = 1 where a student's step was not finite and was refused) and their
   means; ``finite`` is always true: one student's bad step never stops the others.
+  ``steps_per_epoch`` and ``epochs`` are the run's length, as :func:`kdjax.train.make_train_step` takes them.
   """
   dtype = compute_dtype(precision)
   views = make_views(jitter_pixels, hflip)
 
   def one(state: TrainState, inputs: Inputs, batch, hp):
     method = make({k: v for k, v in hp.items() if k != "learning_rate"})
-    return student_step(Recipe(graphdef, method, dtype), scale_updates(tx, hp["learning_rate"]), state, inputs, batch)
+    recipe = Recipe(graphdef, method, dtype, steps_per_epoch=steps_per_epoch, epochs=epochs)
+    return student_step(recipe, scale_updates(tx, hp["learning_rate"]), state, inputs, batch)
 
   def step(state: TrainState, teacher_vars, batch, hparams):
     keys = split_keys(state.data_rng[0])  # the cohort's one data stream

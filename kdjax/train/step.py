@@ -75,9 +75,19 @@ class Recipe:
   method: Method
   dtype: Any = None
   as_run: Callable | None = None
+  steps_per_epoch: int | None = None  # the run's length, for schedules in epochs (None: not known)
+  epochs: int | None = None
 
   def weights(self, params):
     return params if self.as_run is None else self.as_run(params)
+
+  def progress(self, step: jax.Array) -> dict[str, Any]:
+    """What the method sees of the run's length: ``"epoch"``, the epochs done before this step (a
+    float: 2.5 is half-way through the third), and ``"epochs"``, the run's length (a Python int);
+    nothing where the step was built without them."""
+    if self.steps_per_epoch is None or self.epochs is None:
+      return {}
+    return {"epoch": step / self.steps_per_epoch, "epochs": self.epochs}
 
 
 def attacked_images(recipe: Recipe, state: TrainState, x: jax.Array, labels: jax.Array, key: jax.Array):
@@ -132,7 +142,7 @@ def student_step(recipe: Recipe, tx: optax.GradientTransformation, state: TrainS
   step is refused as non-finite."""
   rng, _, k_drop, k_method = split_keys(state.rng)
   x_adv = attacked_images(recipe, state, inputs.x, batch["label"], k_method)
-  context = {**method_batch(batch), "step": state.step, "key": k_method}
+  context = {**method_batch(batch), "step": state.step, "key": k_method, **recipe.progress(state.step)}
 
   def loss_fn(trainable):
     logits, feats, rest, extra = student_outputs(recipe, recipe.weights(trainable["student"]), state.rest,
@@ -191,7 +201,8 @@ def follow_ema(decay: float, old: TrainState, new: TrainState, finite: jax.Array
 def make_train_step(graphdef, tx: optax.GradientTransformation, method: Method, *,
                     teacher_graphdef=None, jitter_pixels: int = 0, hflip: bool = False,
                     ema_decay: float | None = None, precision: str = "fp32", steps_per_call: int = 1,
-                    cached_teacher: bool = False, fake_quant: bool = False) -> Callable:
+                    cached_teacher: bool = False, fake_quant: bool = False, steps_per_epoch: int | None = None,
+                    epochs: int | None = None) -> Callable:
   """The jitted single-run step ``step(state, teacher_vars, batch) -> (state, metrics)``, the
   state donated: views of the batch (augmentation on the device, ``jitter_pixels`` and ``hflip``),
   the teacher source, then :func:`student_step`.
@@ -212,11 +223,14 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, method: Method, 
   of ``S·B``. After a non-finite step the rest of the stack leaves the state as it was.
   ``fake_quant`` trains the student as its int8 version computes (:func:`kdjax.compress.fake_quantize`;
   evaluate it with ``make_eval_step(graphdef, fake_quant=True)``).
+  ``steps_per_epoch`` and ``epochs`` tell a method whose schedule is in epochs (DKD's ramp) where the
+  run stands (``batch["epoch"]``, ``batch["epochs"]``, :meth:`Recipe.progress`).
   """
   if not isinstance(steps_per_call, int) or steps_per_call < 1:
     raise ValueError(f"steps_per_call must be an integer >= 1, got {steps_per_call!r}")
   check_teachers(method, teacher_graphdef, ema_decay=ema_decay, cached_teacher=cached_teacher)
-  recipe = Recipe(graphdef, method, compute_dtype(precision), fake_quantize if fake_quant else None)
+  recipe = Recipe(graphdef, method, compute_dtype(precision), fake_quantize if fake_quant else None,
+                  steps_per_epoch, epochs)
   views = make_views(jitter_pixels, hflip, teacher_draw=ema_decay is not None)
   t_graphdef = graphdef if ema_decay is not None else teacher_graphdef
 
