@@ -110,18 +110,20 @@ def _smooth_l1(a: Array, b: Array) -> Array:
 
 
 def _angles(e: Array, d: Array, eps: float = 1e-12) -> Array:
-  """``cos ∠(e_j − e_i, e_k − e_i)`` for all ``(i, j, k)``, flattened; 0 where ``j = i`` or ``k = i``.
+  """``cos ∠(e_j − e_i, e_k − e_i)`` for all ``(i, j, k)``, flattened; 0 where ``e_j = e_i`` or ``e_k = e_i``.
 
   From the Gram matrix, ``(e_j − e_i)·(e_k − e_i) = G_jk − G_ij − G_ik + G_ii``,
   and the pairwise distances ``d``: O(B²D + B³) time and O(B³) memory instead of
-  the O(B³D) of normalizing every difference vector.
+  the O(B³D) of normalizing every difference vector. Equal rows (not just
+  ``j = i``) are masked: their exact ``dots`` is 0, but the Gram form's rounding
+  divided by the clamped distance would not be.
   """
   g = e @ e.T
   diag = jnp.diagonal(g)
   dots = g[None, :, :] - g[:, :, None] - g[:, None, :] + diag[:, None, None]
   norm = jnp.maximum(d, eps)
-  eye = jnp.eye(e.shape[0], dtype=bool)
-  degenerate = eye[:, :, None] | eye[:, None, :]  # [i, j, k]: j == i or k == i
+  same = jnp.all(e[:, None, :] == e[None, :, :], axis=-1)  # [i, j]: e_j == e_i, j == i included
+  degenerate = same[:, :, None] | same[:, None, :]  # [i, j, k]: e_j == e_i or e_k == e_i
   cos = dots / (norm[:, :, None] * norm[:, None, :])
   return jnp.where(degenerate, 0.0, cos).reshape(-1)
 
@@ -138,8 +140,13 @@ def rkd_loss(student_emb: Array, teacher_emb: Array, *, distance_weight: float =
   pairs), ``∠_{ijk}`` the angle at ``e_i`` between ``e_j`` and ``e_k``,
   ``ℓ_δ`` the smooth-L1 (Huber, δ=1) mean. Invariant to translating or
   rescaling either embedding. Defaults: the paper's ``w_d=25, w_a=50``.
+
+  Both embeddings are first centred on their batch mean, which leaves the loss
+  unchanged (it is translation invariant) but keeps the Gram-matrix forms of the
+  distances and angles from losing float32 precision to a large common offset.
   """
   s, t = _flat(_f32(student_emb)), _flat(_teacher(teacher_emb))
+  s, t = s - jnp.mean(s, axis=0), t - jnp.mean(t, axis=0)
   d_s, d_t = _pdist(s), _pdist(t)
   loss_d = _smooth_l1(d_s / _mean_positive(d_s), d_t / _mean_positive(d_t))
   loss_a = _smooth_l1(_angles(s, d_s), _angles(t, d_t))
