@@ -318,7 +318,7 @@ def _smoke(method, student="cnn16", teacher_name="cnn64", data=None):
     ("crd", dict(nce_k=32), "crd"),
     ("crd_queue", dict(queue_size=32), "crd"),
     ("crd_inbatch", {}, "crd"),
-    ("reviewkd", dict(warmup_steps=2, max_mid_channels=32), "reviewkd"),
+    ("reviewkd", dict(warmup_epochs=0, max_mid_channels=32), "reviewkd"),  # the smoke step has no run length
 ])
 def test_methods_run_on_the_cnn_pair_with_one_compiled_step(name, hparams, term):
   step, record, method_params, result = _smoke(make_method(name, **hparams))
@@ -347,22 +347,44 @@ def test_reviewkd_sizes_its_abfs_as_mdistiller():
   assert [a["conv2"]["kernel"].shape for a in abf] == [(3, 3, 256, 64), (3, 3, 256, 128), (3, 3, 256, 256)]
 
 
-def test_reviewkd_warmup_ramps_the_review_term_linearly():
+def test_reviewkd_warmup_ramps_the_review_term_per_epoch_and_names_bad_lengths():
   rng = np.random.default_rng(10)
   s_feats = {"block1": jnp.asarray(rng.normal(size=(4, 4, 4, 3)), jnp.float32),
              "pre_logits": jnp.asarray(rng.normal(size=(4, 6)), jnp.float32)}
   t_feats = {"block1": jnp.asarray(rng.normal(size=(4, 4, 4, 5)), jnp.float32),
              "pre_logits": jnp.asarray(rng.normal(size=(4, 7)), jnp.float32)}
   shapes = lambda f: {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in f.items()}
-  method = make_method("reviewkd", layers=("block1", "pre_logits"), warmup_steps=10)
-  params, _ = init_method(method, jax.random.key(0), shapes(s_feats), shapes(t_feats), 4)
+  layers = ("block1", "pre_logits")
+  params, _ = init_method(make_method("reviewkd", layers=layers), jax.random.key(0), shapes(s_feats),
+                          shapes(t_feats), 4)
   logits, y = jnp.asarray(rng.normal(size=(4, 10)), jnp.float32), np.arange(4)
-  run = jax.jit(lambda step: method(logits, s_feats, (logits, t_feats), {"label": y, "step": step}, params))
-  (at0, terms), (at5, _), (at50, _) = run(0), run(5), run(50)
-  np.testing.assert_allclose(at0, terms["ce"], rtol=1e-6)
-  np.testing.assert_allclose(at5, terms["ce"] + 0.5 * terms["reviewkd"], rtol=1e-5)
-  np.testing.assert_allclose(at50, terms["ce"] + terms["reviewkd"], rtol=1e-5)
-  assert np.all(terms["reviewkd"] > 0)
+
+  def at(method, epoch=None, epochs=None):
+    if epoch is None:
+      return jax.jit(lambda: method(logits, s_feats, (logits, t_feats), {"label": y}, params))()
+    batch = lambda e: {"label": y, "epoch": e, "epochs": epochs}  # the epoch traced, the run's length a Python int
+    return jax.jit(lambda e: method(logits, s_feats, (logits, t_feats), batch(e), params))(jnp.float32(epoch))
+
+  method = make_method("reviewkd", layers=layers, weight=1.0, warmup_epochs=10)
+  _, terms = at(method, 0.0, 40)
+  ce, hcl = terms["ce"], terms["reviewkd"]
+  assert np.all(hcl > 0)
+  # mdistiller's min(epoch / warmup, 1), epoch counted from 1: 1/10 in the first epoch, half in the 5th
+  for epoch, w in ((0.0, 0.1), (4.5, 0.5), (9.0, 1.0), (20.0, 1.0)):
+    np.testing.assert_allclose(at(method, epoch, 40)[0], ce + w * hcl, rtol=1e-5, err_msg=f"epoch {epoch}")
+  default = make_method("reviewkd", layers=layers)  # weight 5, warm-up min(20, epochs)
+  np.testing.assert_allclose(at(default, 0.0, 5)[0], ce + 5.0 * hcl / 5, rtol=1e-5)
+  np.testing.assert_allclose(at(default, 0.0, 40)[0], ce + 5.0 * hcl / 20, rtol=1e-5)
+  np.testing.assert_allclose(at(default, 19.0, 40)[0], ce + 5.0 * hcl, rtol=1e-5)
+  with pytest.raises(ValueError, match=r"reviewkd: warmup_epochs=50 is longer than the run \(40 epochs\).*"
+                                       r"--set method\.warmup_epochs=N with N <= 40"):
+    at(make_method("reviewkd", layers=layers, warmup_epochs=50), 0.0, 40)
+  with pytest.raises(ValueError, match=r"reviewkd: warmup_epochs is a schedule in epochs.*steps_per_epoch=, epochs="):
+    at(default)
+  np.testing.assert_allclose(at(make_method("reviewkd", layers=layers, warmup_epochs=0))[0], ce + 5.0 * hcl,
+                             rtol=1e-5)
+  with pytest.raises(ValueError, match="reviewkd: warmup_epochs must be None"):
+    make_method("reviewkd", warmup_epochs=-2)
 
 
 # ---------------------------------------------------------------------------
@@ -387,6 +409,7 @@ def test_crd_queue_names_a_batch_larger_than_the_queue():
 def test_reviewkd_names_mismatched_spatial_sizes_and_layer_counts():
   with pytest.raises(ValueError, match="ReviewKD needs equal spatial sizes per level: student block1 is 16x16, "
                                        "teacher block2 is 8x8"):
-    _smoke(make_method("reviewkd", layers=("block1", "pre_logits"), teacher_layers=("block2", "pre_logits")))
+    _smoke(make_method("reviewkd", layers=("block1", "pre_logits"), teacher_layers=("block2", "pre_logits"),
+                       warmup_epochs=0))
   with pytest.raises(ValueError, match="2 student layers .* but 1 teacher"):
     make_method("reviewkd", layers=("block1", "block2"), teacher_layers=("block1",))

@@ -6,11 +6,14 @@ RepDistiller is PyTorch and NCHW; kdjax is NHWC, so the references take channels
 axis, and return per-example values (RepDistiller's batch means / sums are the batch reductions).
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import harness
 from harness import smoke
 from numeric import numerical_grad
 
@@ -188,32 +191,75 @@ def test_fsp_vanishes_for_identical_features_and_ignores_a_shared_spatial_permut
   assert np.all(np.asarray(fsp(gs, gt)) > 0)
 
 
-def test_ab_init_steps_switch_from_ab_alone_to_ce_alone():
-  rng = np.random.default_rng(10)
+def _staged_setup(name, seed=10):
+  rng = np.random.default_rng(seed)
   feats = lambda c1, c2: {"block1": jnp.asarray(rand(rng, (4, 4, 4, c1))),
                           "block2": jnp.asarray(rand(rng, (4, 2, 2, c2)))}
-  s, t = feats(3, 5), feats(6, 8)
+  s = feats(3, 5)
+  t = feats(3, 5) if name == "fsp" else feats(6, 8)  # FSP needs the student's widths
+  if name == "ft":
+    s, t = {"block2": s["block2"]}, {"block2": t["block2"]}
   logits, y = jnp.asarray(rand(rng, (4, 10))), jnp.arange(4)
   shapes = lambda f: {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in f.items()}
-  for name in ("ab", "fsp"):
-    teacher = (logits, t if name == "ab" else feats(3, 5))
-    joint, staged = make_method(name, weight=2.0), make_method(name, weight=2.0, init_steps=5)
-    params, _ = init_method(joint, jax.random.key(0), shapes(s), shapes(teacher[1]), 4)
-    joint_jit = jax.jit(lambda step: joint(logits, s, teacher, {"label": y, "step": step}, params))
-    staged_jit = jax.jit(lambda step: staged(logits, s, teacher, {"label": y, "step": step}, params))
-    call = lambda m, step: (joint_jit if m is joint else staged_jit)(jnp.asarray(step))
-    loss, terms = call(joint, 0)
-    term = terms[name]
-    np.testing.assert_allclose(loss, terms["ce"] + 2.0 * term, rtol=1e-5)
-    np.testing.assert_allclose(call(staged, 4)[0], 2.0 * term, rtol=1e-5)
-    np.testing.assert_allclose(call(staged, 5)[0], terms["ce"], rtol=1e-5)
+  params, _ = init_method(make_method(name, init_epochs=0), jax.random.key(0), shapes(s), shapes(t), 4)
+
+  def at(method, epoch=None, epochs=None):
+    """The method's ``(loss, terms)`` with the run at ``epoch`` of ``epochs`` (none: no length)."""
+    if epoch is None:
+      return jax.jit(lambda: method(logits, s, (logits, t), {"label": y, "step": jnp.asarray(0)}, params))()
+    batch = lambda e: {"label": y, "step": jnp.asarray(0), "epoch": e, "epochs": epochs}  # epochs: a Python int
+    return jax.jit(lambda e: method(logits, s, (logits, t), batch(e), params))(jnp.float32(epoch))
+
+  return at
+
+
+@pytest.mark.parametrize("name", ["ab", "fsp"])
+def test_ab_and_fsp_init_epochs_switch_from_the_term_alone_to_ce_alone(name):
+  at = _staged_setup(name)
+  loss, terms = at(make_method(name, weight=2.0, init_epochs=0))  # one stage: no run length needed
+  term = terms[name]
+  np.testing.assert_allclose(loss, terms["ce"] + 2.0 * term, rtol=1e-5)
+  staged = make_method(name, weight=2.0, init_epochs=5)
+  np.testing.assert_allclose(at(staged, 4.9, 10)[0], 2.0 * term, rtol=1e-5)
+  np.testing.assert_allclose(at(staged, 5.0, 10)[0], terms["ce"], rtol=1e-5)
+  # The default: RepDistiller's 30 epochs, or a ninth of a run shorter than its 270 (30 + 240).
+  default = make_method(name, weight=2.0)
+  for epoch, epochs, init in ((29.9, 300, True), (30.0, 300, False), (1.0, 10, True), (1.2, 10, False),
+                              (26.6, 240, True), (26.7, 240, False)):
+    expected = 2.0 * term if init else terms["ce"]
+    np.testing.assert_allclose(at(default, epoch, epochs)[0], expected, rtol=1e-5, err_msg=f"{epoch} of {epochs}")
+
+
+def test_ft_init_epochs_train_the_paraphraser_alone_then_the_student_on_ce_and_ft():
+  at = _staged_setup("ft", seed=13)
+  loss, terms = at(make_method("ft", init_epochs=0))
+  np.testing.assert_allclose(loss, terms["ce"] + 200.0 * terms["ft"] + terms["ft_recon"], rtol=1e-5)
+  staged = make_method("ft", recon_weight=0.5, init_epochs=2)
+  np.testing.assert_allclose(at(staged, 1.5, 10)[0], 0.5 * terms["ft_recon"], rtol=1e-5)
+  np.testing.assert_allclose(at(staged, 2.0, 10)[0], terms["ce"] + 200.0 * terms["ft"], rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["ab", "fsp", "ft"])
+def test_init_stage_longer_than_the_run_or_without_the_runs_length_is_named(name):
+  at = _staged_setup(name)
+  label = name.upper()
+  with pytest.raises(ValueError, match=rf"{label}: init_epochs=10 leaves no main stage in a run of 10 epochs.*"
+                                       r"--set method\.init_epochs=N with N < 10"):
+    at(make_method(name, init_epochs=10), 0.0, 10)
+  for hparams in ({}, {"init_epochs": 3}):
+    with pytest.raises(ValueError, match=rf"{label}: init_epochs is a schedule in epochs.*"
+                                         r"make_train_step\(\.\.\., steps_per_epoch=, epochs=\).*init_epochs=0"):
+      at(make_method(name, **hparams))
+  for bad in (-1, float("inf")):
+    with pytest.raises(ValueError, match=rf"{label}: init_epochs must be None"):
+      make_method(name, init_epochs=bad)
 
 
 def test_ft_paraphraser_learns_only_to_reconstruct_and_the_translator_only_to_transfer():
   rng = np.random.default_rng(12)
   s, t = {"block2": jnp.asarray(rand(rng, (4, 4, 4, 3)))}, {"block2": jnp.asarray(rand(rng, (4, 2, 2, 8)))}
   logits, y = jnp.asarray(rand(rng, (4, 10))), jnp.arange(4)
-  method = make_method("ft")
+  method = make_method("ft", init_epochs=0)  # one stage: the paraphraser trains jointly
   params, _ = init_method(method, jax.random.key(0), {"block2": jax.ShapeDtypeStruct((2, 4, 4, 3), jnp.float32)},
                           {"block2": jax.ShapeDtypeStruct((2, 2, 2, 8), jnp.float32)}, 4)
   assert params["block2"]["paraphraser"]["encoder"][2]["kernel"].shape == (3, 3, 4, 4)  # rate 0.5 of 8 channels
@@ -233,9 +279,12 @@ def test_ft_paraphraser_learns_only_to_reconstruct_and_the_translator_only_to_tr
 # ---------------------------------------------------------------------------
 
 def _smoke(method, student="cnn16", teacher_name="cnn64"):
-  """The shared one-epoch run with the teacher seeded apart from the student (so a cnn16 teacher
-  differs from the student): ``(step, last record, initial method params, final method params)``."""
-  step, record, initial, result = smoke(method, student, teacher_name, teacher_seed=1)
+  """The shared one-epoch run (64 examples, 4 steps of 16) with the teacher seeded apart from the
+  student (so a cnn16 teacher differs from the student), the step told the run's length (for the
+  init stages): ``(step, last record, initial method params, final method params)``."""
+  with pytest.MonkeyPatch.context() as mp:  # harness.smoke builds its step without the run's length
+    mp.setattr(harness, "make_train_step", functools.partial(harness.make_train_step, steps_per_epoch=4, epochs=1))
+    step, record, initial, result = smoke(method, student, teacher_name, teacher_seed=1)
   return step, record, initial, result.state.method_params
 
 
@@ -249,8 +298,9 @@ def _moved(before, after):
 
 @pytest.mark.parametrize("name,hparams,teacher,terms", [
     ("vid", {}, "cnn64", ["vid"]),
-    ("ft", {}, "cnn64", ["ft", "ft_recon"]),
-    ("ab", {"init_steps": 2}, "cnn64", ["ab"]),  # 4 steps: two AB-only steps, then CE alone
+    ("ft", {}, "cnn64", ["ft", "ft_recon"]),  # init stage: the first step (a ninth of the epoch)
+    ("ft", {"init_epochs": 0}, "cnn64", ["ft", "ft_recon"]),  # one stage
+    ("ab", {"init_epochs": 0.5}, "cnn64", ["ab"]),  # 4 steps: two AB-only steps, then CE alone
     ("fsp", {}, "cnn16", ["fsp"]),  # FSP needs the teacher's widths
 ])
 def test_method_trains_one_epoch_with_one_compiled_step(name, hparams, teacher, terms):
@@ -319,7 +369,7 @@ def test_vid_and_ft_name_spatial_sizes_they_cannot_pool():
 
 def test_vid_and_ab_work_on_vectors():
   for name, term in (("vid", "vid"), ("ab", "ab")):
-    method = make_method(name, layers=("pre_logits",))
+    method = make_method(name, layers=("pre_logits",), **({"init_epochs": 0} if name == "ab" else {}))
     s_shapes = {"pre_logits": jax.ShapeDtypeStruct((2, 6), jnp.float32)}
     t_shapes = {"pre_logits": jax.ShapeDtypeStruct((2, 9), jnp.float32)}
     params, _ = init_method(method, jax.random.key(0), s_shapes, t_shapes, 4)

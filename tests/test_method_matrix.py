@@ -30,7 +30,8 @@ NEEDS_MAPS = {"at", "nst", "vid", "ft", "ab", "fsp", "reviewkd"}
 # Methods that need more than the labelled batch: domain_kd needs unlabelled target-domain images (test_domain.py).
 NEEDS_UNLABELLED = {"domain_kd"}
 # Small-data settings: CRD's memory bank draws its negatives from the 32 training examples.
-SMOKE_HPARAMS = {"hinton": dict(alpha=0.5, temperature=4.0), "dkd": dict(warmup_steps=2), "crd": dict(nce_k=16), "crd_queue": dict(queue_size=16),
+# Every other method runs at its defaults, schedules included (the step knows the run's length).
+SMOKE_HPARAMS = {"hinton": dict(alpha=0.5, temperature=4.0), "crd": dict(nce_k=16), "crd_queue": dict(queue_size=16),
                  "byot": dict(num_classes=10),
                  # one PGD step: the attack is traced on every family, cheaply (both parts must attack alike)
                  "ard": dict(steps=1), "adversarial_training": dict(steps=1)}
@@ -64,7 +65,9 @@ def _setup(family, abstract: bool, teacher_model=None):
     return init_train_state(params, rest, tx, jax.random.key(0), method_params, method_state)
 
   state = (jax.eval_shape if abstract else lambda f, *a: f(*a))(init, params, rest, t_params, t_rest)
-  step = make_train_step(graphdef, tx, method, teacher_graphdef=t_graphdef)
+  # One epoch of 32 examples in batches of 16: DKD's and ReviewKD's default ramps span the epoch,
+  # and AB's, FSP's and FT's default init stage (a ninth of the run) its first step.
+  step = make_train_step(graphdef, tx, method, teacher_graphdef=t_graphdef, steps_per_epoch=2, epochs=1)
   return names, data, graphdef, state, step, {"params": t_params, "rest": t_rest}
 
 

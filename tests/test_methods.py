@@ -1,4 +1,5 @@
 import dataclasses
+import inspect
 
 import jax
 import jax.numpy as jnp
@@ -9,13 +10,13 @@ import pytest
 from harness import smoke
 
 from kdjax.config import TrainConfig
-from kdjax.losses import hard_cross_entropy, hinton_kd_loss
+from kdjax.losses import dkd_loss, hard_cross_entropy, hinton_kd_loss
 from kdjax.methods import Method, make_method, method_hparams, method_names, method_spec, study_hparams, vmapped_hparams
 from kdjax.models import create_model, split_model
 from kdjax.train import distill, fit, init_train_state, make_eval_step, make_train_step, train_teacher
 
-# DKD with the reference code's linear warm-up (its beta=8 term swamps CE early on).
-DEFAULTS = {"hinton": dict(alpha=0.5, temperature=4.0), "dkd": dict(warmup_steps=20)}
+# Hinton KD has no defaults (studies supply them); every other method trains at its own.
+DEFAULTS = {"hinton": dict(alpha=0.5, temperature=4.0)}
 TINY = TrainConfig(model="mlp800", epochs=1, batch_size=100, learning_rate=0.05)
 
 
@@ -120,7 +121,8 @@ def test_every_logit_method_trains_a_student_with_one_compiled_step(name, standa
   method = make_method(name, standardize=standardize, **DEFAULTS.get(name, {}))
   graphdef, params, rest = split_model(create_model("mlp800", num_classes=10, input_shape=(28, 28, 1)))
   tx = optax.sgd(0.05, momentum=0.9)
-  step = make_train_step(graphdef, tx, method, teacher_graphdef=teacher.graphdef)
+  # The run's length (1,000 images in batches of 100, 2 epochs): DKD's default ramp spans the run.
+  step = make_train_step(graphdef, tx, method, teacher_graphdef=teacher.graphdef, steps_per_epoch=10, epochs=2)
   result = fit(init_train_state(params, rest, tx, jax.random.key(0)), step, make_eval_step(graphdef), data,
                epochs=2, batch_size=100, teacher_vars=teacher.variables, progress=False)
   assert step._cache_size() == 1
@@ -141,16 +143,68 @@ def test_hinton_method_is_the_hinton_loss():
   np.testing.assert_allclose(terms["ce"], hard_cross_entropy(s, y), rtol=1e-6)
 
 
-def test_dkd_warmup_ramps_the_distillation_term_linearly():
-  s, t, y = _logits(1)
-  method = make_method("dkd", warmup_steps=10)
-  ce = hard_cross_entropy(s, y)
-  at0, terms = method(s, {}, (t, {}), {"label": y, "step": jnp.asarray(0)}, {})
-  at5, _ = method(s, {}, (t, {}), {"label": y, "step": jnp.asarray(5)}, {})
-  at50, _ = method(s, {}, (t, {}), {"label": y, "step": jnp.asarray(50)}, {})
-  np.testing.assert_allclose(at0, ce, rtol=1e-6)
-  np.testing.assert_allclose(at5, ce + 0.5 * terms["dkd"], rtol=1e-5)
-  np.testing.assert_allclose(at50, ce + terms["dkd"], rtol=1e-5)
+def _dkd_parts(seed=1):
+  """Logits, labels, and DKD's CE and (unramped) DKD terms at its defaults."""
+  s, t, y = _logits(seed)
+  return s, t, y, hard_cross_entropy(s, y), dkd_loss(s, t, y, alpha=1.0, beta=8.0, temperature=4.0)
+
+
+def _dkd_at(method, s, t, y, epoch, epochs):
+  """DKD's loss with the run at ``epoch`` of ``epochs`` (jitted: the epoch is traced, as in a step)."""
+  return jax.jit(lambda e: method(s, {}, (t, {}), {"label": y, "epoch": e, "epochs": epochs}, {}))(
+      jnp.float32(epoch))
+
+
+def test_dkd_warmup_ramps_the_distillation_term_per_epoch_as_mdistiller():
+  # mdistiller: min(epoch / warmup, 1) with epoch counted from 1, constant within an epoch.
+  s, t, y, ce, d = _dkd_parts()
+  method = make_method("dkd", warmup_epochs=20)
+  for epoch, w in ((0.0, 1 / 20), (0.5, 1 / 20), (9.0, 10 / 20), (9.99, 10 / 20), (18.5, 19 / 20), (19.0, 1.0),
+                   (100.0, 1.0)):
+    loss, terms = _dkd_at(method, s, t, y, epoch, 240)
+    np.testing.assert_allclose(loss, ce + w * d, rtol=1e-5, err_msg=f"epoch {epoch}")
+  np.testing.assert_allclose(terms["ce"], ce, rtol=1e-6)
+  np.testing.assert_allclose(terms["dkd"], d, rtol=1e-5)
+  # Under vmap too (a sweep's students at different epochs): half-way (the 10th epoch) weighs 0.5.
+  losses = jax.vmap(lambda e: method(s, {}, (t, {}), {"label": y, "epoch": e, "epochs": 240}, {})[0])(
+      jnp.asarray([0.0, 9.0, 30.0]))
+  np.testing.assert_allclose(losses, np.stack([ce + d / 20, ce + 0.5 * d, ce + d]), rtol=1e-5)
+
+
+@pytest.mark.parametrize("epochs,ramp", [(5, 5), (40, 20), (20, 20)])
+def test_dkd_default_warmup_is_the_references_20_epochs_or_the_whole_shorter_run(epochs, ramp):
+  s, t, y, ce, d = _dkd_parts(2)
+  method = make_method("dkd")
+  for epoch in (0.0, ramp / 2, ramp - 1, ramp - 0.5, epochs - 0.5):
+    w = min((np.floor(epoch) + 1) / ramp, 1.0)
+    np.testing.assert_allclose(_dkd_at(method, s, t, y, epoch, epochs)[0], ce + w * d, rtol=1e-5,
+                               err_msg=f"epoch {epoch} of {epochs}")
+  assert float(np.mean(_dkd_at(method, s, t, y, 0.0, epochs)[0] - ce)) == pytest.approx(
+      float(np.mean(d)) / ramp, rel=1e-4)  # the first epoch weighs 1/ramp
+
+
+def test_dkd_warmup_longer_than_the_run_or_without_the_runs_length_is_named():
+  s, t, y, ce, d = _dkd_parts(3)
+  with pytest.raises(ValueError, match=r"dkd: warmup_epochs=30 is longer than the run \(10 epochs\).*"
+                                       r"--set method\.warmup_epochs=N with N <= 10"):
+    _dkd_at(make_method("dkd", warmup_epochs=30), s, t, y, 0.0, 10)
+  loss, _ = _dkd_at(make_method("dkd", warmup_epochs=10), s, t, y, 9.0, 10)  # as long as the run: full weight last
+  np.testing.assert_allclose(loss, ce + d, rtol=1e-5)
+  no_length = {"label": y, "step": jnp.asarray(0)}
+  for hparams in ({}, {"warmup_epochs": 5}):
+    with pytest.raises(ValueError, match=r"dkd: warmup_epochs is a schedule in epochs.*"
+                                         r"make_train_step\(\.\.\., steps_per_epoch=, epochs=\).*warmup_epochs=0"):
+      make_method("dkd", **hparams)(s, {}, (t, {}), no_length, {})
+  loss, _ = make_method("dkd", warmup_epochs=0)(s, {}, (t, {}), no_length, {})  # no ramp: no length needed
+  np.testing.assert_allclose(loss, ce + d, rtol=1e-5)
+  for bad in (-1, -0.5, float("nan"), True):
+    with pytest.raises(ValueError, match="dkd: warmup_epochs must be None"):
+      make_method("dkd", warmup_epochs=bad)
+
+
+def test_dkd_warmup_longer_than_the_run_fails_a_run_before_training(data, teacher):
+  with pytest.raises(ValueError, match=r"warmup_epochs=5 is longer than the run \(1 epochs\)"):
+    distill(data, TINY, teacher, method=make_method("dkd", warmup_epochs=5), progress=False)
 
 
 def test_standardize_makes_kd_invariant_to_teacher_logit_scale():
@@ -269,3 +323,9 @@ def test_fitnet_regressor_bridges_spatial_sizes_as_repdistillers_convreg(s_layer
 def test_fitnet_names_what_no_regressor_bridges():
   with pytest.raises(ValueError, match=r"FitNet: student pre_logits \(256,\) and teacher block1 \(16, 16, 64\) must both"):
     _smoke(make_method("fitnet", student_layer="pre_logits", teacher_layer="block1"))
+
+
+def test_every_method_docstring_ends_with_its_defaults_and_their_source():
+  for name in method_names():
+    doc = inspect.getdoc(method_spec(name).make)
+    assert doc.split("\n\n")[-1].startswith("Defaults:"), f"{name}: the docstring's last paragraph is not 'Defaults:'"

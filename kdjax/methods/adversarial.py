@@ -48,9 +48,16 @@ def adversarial_outputs(batch, name: str):
   return batch["adversarial_student"]
 
 
-def adversarial_training(*, eps: float = 0.1, steps: int = 7, step_size: float | None = None) -> Method:
+def adversarial_training(*, eps: float = 8 / 255, steps: int = 10, step_size: float | None = None) -> Method:
   """Madry et al. (2018): cross-entropy on PGD examples of the model itself (``eps``, ``steps``,
-  ``step_size``, default ``2.5·ε/steps``). Logs ``adv_ce``."""
+  ``step_size``, default ``2.5·ε/steps``). Logs ``adv_ce``.
+
+  Defaults: ε = 8/255, 10 steps of 2/255 (``2.5·ε/steps`` at these defaults), random start: the
+  CIFAR-10 reference, MadryLab/cifar10_challenge ``config.json`` (``epsilon 8.0``, ``num_steps 10``,
+  ``step_size 2.0`` on the 0-255 scale, read by ``train.py``; the paper's text trains with 7
+  steps). Was ε = 0.1, 7 steps. On MNIST Madry et al. use ε = 0.3, 40 steps of 0.01
+  (MadryLab/mnist_challenge).
+  """
   adversary = make_adversary(eps, steps, step_size)
 
   def method(student_logits, student_feats, teacher, batch, params):
@@ -61,15 +68,18 @@ def adversarial_training(*, eps: float = 0.1, steps: int = 7, step_size: float |
   return as_method(method, needs_teacher=False, adversary=adversary)
 
 
-def ard(*, alpha: float = 1.0, temperature: float = 30.0, eps: float = 0.1, steps: int = 7,
+def ard(*, alpha: float = 1.0, temperature: float = 30.0, eps: float = 8 / 255, steps: int = 10,
         step_size: float | None = None) -> Method:
   """Adversarially robust distillation (Goldblum et al. 2020):
   ``α·T²·KL(softmax(t(x)/T) ‖ softmax(s(x_adv)/T)) + (1−α)·CE(s(x), y)``, with ``x_adv`` PGD
   examples of the student (``eps``, ``steps``, ``step_size``) and ``t(x)`` the teacher on the
-  clean images. The defaults are the reference code's (α = 1, T = 30; its attack: ε = 8/255,
-  10 steps of 2/255 on CIFAR). Logs ``ce`` (clean), ``adv_kl`` (before the ``T²`` factor) and
-  ``adv_ce`` (the student's cross-entropy on its adversarial examples, a robustness gauge outside
-  the loss)."""
+  clean images. Logs ``ce`` (clean), ``adv_kl`` (before the ``T²`` factor) and ``adv_ce`` (the
+  student's cross-entropy on its adversarial examples, a robustness gauge outside the loss).
+
+  Defaults: α = 1, T = 30, ε = 8/255, 10 PGD steps of 2/255 (``2.5·ε/steps`` at these
+  defaults): goldblum/AdversariallyRobustDistillation ``main.py`` (``--alpha 1.0``,
+  ``--temp 30.0``, its ``config`` for ``AttackPGD``). Was ε = 0.1, 7 steps.
+  """
   check_alpha(alpha)
   check_temperature(temperature)
   adversary = make_adversary(eps, steps, step_size)

@@ -98,7 +98,8 @@ def crd(*, student_layer: str = "pre_logits", teacher_layer: str = "pre_logits",
   estimated on the first batch and then kept fixed, as in RepDistiller.
 
   Defaults are RepDistiller's (``feat_dim=128, nce_k=16384, nce_t=0.07,
-  nce_m=0.5``, ``-a 0 -b 0.8``: ``weight=0.8, ce_weight=1``).
+  nce_m=0.5``, ``-a 0 -b 0.8``: ``weight=0.8, ce_weight=1``), the same as
+  mdistiller's ``CFG.CRD``.
 
   Differences from RepDistiller: negatives are drawn uniformly from all ``N``
   examples with ``batch["key"]`` (they may include the example itself or its
@@ -113,6 +114,11 @@ def crd(*, student_layer: str = "pre_logits", teacher_layer: str = "pre_logits",
   or streamed datasets. :func:`crd_queue` (a FIFO queue of recent embeddings)
   and :func:`crd_inbatch` (the batch's other examples as negatives) need
   neither the bank nor the indices.
+
+  Defaults: ``feat_dim=128``, ``nce_k=16384``, ``nce_t=0.07``, ``nce_m=0.5``, weight 0.8,
+  ce_weight 1, ``pre_logits`` (``feat[-1]``): RepDistiller ``train_student.py``,
+  ``scripts/run_cifar_distill.sh`` (``-a 0 -b 0.8``), ``crd/criterion.py``, ``crd/memory.py``;
+  mdistiller ``mdistiller/engine/cfg.py`` (``CFG.CRD``).
   """
   _check_positive("crd", feat_dim=feat_dim, nce_k=nce_k, nce_t=nce_t, weight=weight, ce_weight=ce_weight)
   if not 0.0 <= nce_m < 1.0:
@@ -182,6 +188,11 @@ def crd_queue(*, student_layer: str = "pre_logits", teacher_layer: str = "pre_lo
   dataset. The positive is the other side's current embedding (differentiated
   on both sides, both heads being learnable); queued negatives are constants.
   ``weight`` defaults to CRD's 0.8 (not tuned for this variant).
+
+  Defaults: no reference implementation (a kdjax variant). ``feat_dim``, ``temperature=0.07``
+  (also MoCo v1's τ) and ``weight=0.8`` are CRD's (RepDistiller ``train_student.py``,
+  ``scripts/run_cifar_distill.sh``); ``queue_size=4096`` is kdjax's, smaller than MoCo's 65536
+  (facebookresearch/moco ``main_moco.py`` ``--moco-k``) to suit small datasets.
   """
   _check_positive("crd_queue", feat_dim=feat_dim, queue_size=queue_size, temperature=temperature, weight=weight,
                   ce_weight=ce_weight)
@@ -226,6 +237,10 @@ def crd_inbatch(*, student_layer: str = "pre_logits", teacher_layer: str = "pre_
   the CLIP objective (Radford et al. 2021) on CRD's embeddings. Stateless,
   needs no indices; the number of negatives is ``B − 1``, so it wants large
   batches. ``weight`` defaults to CRD's 0.8 (not tuned for this variant).
+
+  Defaults: no reference implementation (a kdjax variant); ``feat_dim=128``, ``temperature=0.07``
+  and ``weight=0.8`` are CRD's (RepDistiller ``train_student.py``, ``scripts/run_cifar_distill.sh``);
+  CLIP learns its temperature from the same 0.07.
   """
   _check_positive("crd_inbatch", feat_dim=feat_dim, temperature=temperature, weight=weight, ce_weight=ce_weight)
 

@@ -96,6 +96,15 @@ def domain_kd(*, alpha: float = 0.5, temperature: float = 4.0, align: str = "mmd
   and ``batch["unlabelled_teacher"]`` (the teacher's, gradient stopped). Logs ``ce``,
   ``kl``, ``align`` (unless ``align="none"``) and ``target_kl`` (the mean KL before ``T²``,
   when ``target_kd_weight > 0``).
+
+  Defaults: no single reference implementation (a kdjax composite). α=0.5, T=4 are kdjax's
+  study defaults (``kdjax/config.py`` ``StudyConfig``); ``align_weight=1`` is the trade-off
+  the alignment papers start from (DAN's and DANN's λ = 1, e.g. thuml/Transfer-Learning-Library
+  ``examples/domain_adaptation/image_classification/dan.py`` and ``dann.py``
+  ``--trade-off 1.``). Departures from DANN (Ganin et al. 2016): its discriminator has two hidden
+  layers of 1024 units (``dann_hidden=256`` and one layer here), and it ramps the reversal
+  coefficient as ``2 / (1 + exp(−10·p)) − 1`` over the run's progress ``p``; here the
+  coefficient is ``align_weight`` throughout.
   """
   check_alpha(alpha)
   check_temperature(temperature)

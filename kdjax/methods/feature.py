@@ -16,6 +16,7 @@ from kdjax.losses.feature import common_spatial_size, match_spatial
 from kdjax.methods.base import Method, as_method, pick_feature
 from kdjax.methods.connectors import (batch_norm, batch_norm_init, conv, conv_init, conv_transpose, dense, dense_init,
                                        embed, normal_draws)
+from kdjax.methods.schedule import check_epochs, in_init_stage, init_length
 
 
 def _layers(term: str, layers) -> tuple[str, ...]:
@@ -44,42 +45,90 @@ def _feature_method(term: str, loss_fn, *, layers, weight: float, ce_weight: flo
 # Feature and relation methods without learnable parts. Default weights are
 # RepDistiller's (scripts/run_cifar_distill.sh): AT β=1000, SP γ=3000, NST 50,
 # RKD 1 (its own w_d=25, w_a=50 inside), PKT 30000, CC 0.02.
+#
+# Default layers: the references tap every stage output for AT, NST, VID and AB (RepDistiller's
+# feat[1:-1], mdistiller's feats[1:]), the last stage for SP and FT (feat[-2]), the second stage
+# for FitNet (hint_layer=2) and the pooled vector for RKD, PKT, CC and CRD (feat[-1]). Layer names
+# depend on the model: the defaults below name them on kdjax's two-stage CNNs and MLPs (block1,
+# block2, pre_logits); on a three-stage CIFAR ResNet or WRN pass e.g. layers=("block1", "block2",
+# "block3") for the references' choice.
+
 def attention(*, layers=("block1", "block2"), weight: float = 1000.0, p: int = 2, ce_weight: float = 1.0) -> Method:
-  """Attention transfer (Zagoruyko & Komodakis 2017) on NHWC feature maps."""
+  """Attention transfer (Zagoruyko & Komodakis 2017) on NHWC feature maps:
+  ``ce_weight·CE + weight·Σ_layers AT_p``. Logs ``ce`` and ``at``.
+
+  ``layers`` are every stage output, as the references' (``feat[1:-1]``), on a two-stage model;
+  pass ``("block1", "block2", "block3")`` on a three-stage CIFAR ResNet or WRN.
+
+  Defaults: β=1000, p=2, ce_weight=1 (``-a 0 -b 1000``): RepDistiller ``scripts/run_cifar_distill.sh``,
+  ``distiller_zoo/AT.py``, ``helper/loops.py``; mdistiller ``mdistiller/engine/cfg.py`` (``CFG.AT``).
+  """
   return _feature_method("at", lambda s, t: attention_transfer_loss(s, t, p), layers=layers, weight=weight,
                          ce_weight=ce_weight)
 
 
 def nst(*, layers=("block1", "block2"), weight: float = 50.0, ce_weight: float = 1.0) -> Method:
-  """Neuron selectivity transfer (Huang & Wang 2017) on NHWC feature maps."""
+  """Neuron selectivity transfer (Huang & Wang 2017) on NHWC feature maps:
+  ``ce_weight·CE + weight·Σ_layers NST``. Logs ``ce`` and ``nst``. ``layers``: every stage
+  output, as :func:`attention`.
+
+  Defaults: weight 50, ce_weight=1 (``-a 0 -b 50``): RepDistiller ``scripts/run_cifar_distill.sh``,
+  ``distiller_zoo/NST.py``; mdistiller ``mdistiller/engine/cfg.py`` (``CFG.NST``).
+  """
   return _feature_method("nst", nst_loss, layers=layers, weight=weight, ce_weight=ce_weight)
 
 
 def similarity_preserving(*, layers=("block2",), weight: float = 3000.0, ce_weight: float = 1.0) -> Method:
-  """Similarity-preserving KD (Tung & Mori 2019); RepDistiller uses the last block's output."""
+  """Similarity-preserving KD (Tung & Mori 2019): ``ce_weight·CE + weight·SP``. Logs ``ce`` and
+  ``sp``. RepDistiller uses the last stage's output (``feat[-2]``): ``block2`` on a two-stage
+  model, pass ``("block3",)`` on a three-stage CIFAR ResNet or WRN.
+
+  Defaults: γ=3000, ce_weight=1 (``-a 0 -b 3000``): RepDistiller ``scripts/run_cifar_distill.sh``,
+  ``distiller_zoo/SP.py``, ``helper/loops.py``; mdistiller ``mdistiller/engine/cfg.py`` (``CFG.SP``).
+  """
   return _feature_method("sp", similarity_preserving_loss, layers=layers, weight=weight, ce_weight=ce_weight)
 
 
 def rkd(*, layers=("pre_logits",), weight: float = 1.0, distance_weight: float = 25.0,
         angle_weight: float = 50.0, ce_weight: float = 1.0) -> Method:
-  """Relational KD (Park et al. 2019), distance and angle, on the penultimate embedding."""
+  """Relational KD (Park et al. 2019), distance and angle, on the penultimate embedding:
+  ``ce_weight·CE + weight·(w_d·distance + w_a·angle)``. Logs ``ce`` and ``rkd``.
+
+  Defaults: weight 1, w_d=25, w_a=50, ``pre_logits`` (``feat[-1]``): RepDistiller
+  ``scripts/run_cifar_distill.sh`` (``-a 0 -b 1``), ``distiller_zoo/RKD.py``; mdistiller
+  ``mdistiller/engine/cfg.py`` (``CFG.RKD``).
+  """
   return _feature_method(
       "rkd", lambda s, t: rkd_loss(s, t, distance_weight=distance_weight, angle_weight=angle_weight),
       layers=layers, weight=weight, ce_weight=ce_weight)
 
 
 def pkt(*, layers=("pre_logits",), weight: float = 30000.0, ce_weight: float = 1.0) -> Method:
-  """Probabilistic knowledge transfer (Passalis & Tefas 2018) on the penultimate embedding."""
+  """Probabilistic knowledge transfer (Passalis & Tefas 2018) on the penultimate embedding:
+  ``ce_weight·CE + weight·PKT``. Logs ``ce`` and ``pkt``.
+
+  Defaults: weight 30000, ``pre_logits`` (``feat[-1]``): RepDistiller ``scripts/run_cifar_distill.sh``
+  (``-a 0 -b 30000``), ``distiller_zoo/PKT.py``; mdistiller ``mdistiller/engine/cfg.py`` (``CFG.PKT``).
+  """
   return _feature_method("pkt", pkt_loss, layers=layers, weight=weight, ce_weight=ce_weight)
 
 
 def correlation_congruence(*, layers=("pre_logits",), weight: float = 0.02, embed_dim: int | None = 128,
                            ce_weight: float = 1.0) -> Method:
-  """Correlation congruence (Peng et al., ICCV 2019), RepDistiller's form: learnable
-  embeddings ``e(x) = normalize(W x + b)`` of size ``embed_dim`` on the student's and the
+  """Correlation congruence (Peng et al., ICCV 2019), RepDistiller's loss (from the authors) on
+  learnable embeddings ``e(x) = normalize(W x + b)`` of size ``embed_dim`` on the student's and the
   teacher's penultimate features (both trained with the student), then
   :func:`kdjax.losses.correlation_congruence_loss`. ``embed_dim=None`` drops the
-  embeddings; the features must then have equal sizes."""
+  embeddings; the features must then have equal sizes. Logs ``ce`` and ``cc``.
+
+  Departure from the reference: RepDistiller's ``train_student.py`` builds CC's embeddings as
+  ``models/util.py``'s ``LinearEmbed`` (a linear map, no normalization), not the L2-normalized
+  ``Embed`` used here (CRD's); the weight 0.02 was set for the unnormalized embeddings.
+
+  Defaults: weight 0.02, ``embed_dim=128`` (``--feat_dim``), ``pre_logits`` (``feat[-1]``):
+  RepDistiller ``scripts/run_cifar_distill.sh`` (``-a 0 -b 0.02``), ``train_student.py``,
+  ``distiller_zoo/CC.py``.
+  """
   layers = _layers("cc", layers)
   if embed_dim is None:
     return _feature_method("cc", correlation_congruence_loss, layers=layers, weight=weight, ce_weight=ce_weight)
@@ -152,6 +201,11 @@ def fitnet(*, student_layer: str = "block2", teacher_layer: str = "block2", weig
   the student's map is twice the teacher's, a 4x4 stride-2 transposed convolution
   when it is half, a valid convolution when it is larger, then batch norm and
   ReLU; on vectors it is a linear map. Logs ``ce`` and ``hint``.
+
+  Defaults: β=100, ce_weight=1, the second stage on both sides (``--hint_layer 2``: ``block2``):
+  RepDistiller ``scripts/run_cifar_distill.sh`` (``-a 0 -b 100``), ``train_student.py``,
+  ``distiller_zoo/FitNet.py``, ``models/util.py`` (``ConvReg``); mdistiller
+  ``mdistiller/engine/cfg.py`` (``CFG.FITNET``: ``HINT_LAYER 2``, ``FEAT_WEIGHT 100``).
   """
 
   def init(key, student_shapes, teacher_shapes):
@@ -197,18 +251,20 @@ def _jitted_init(init):
   return wrapped
 
 
-def _check_init_steps(name: str, init_steps: int) -> int:
-  if int(init_steps) != init_steps or init_steps < 0:
-    raise ValueError(f"{name}: init_steps must be a non-negative integer, got {init_steps}")
-  return int(init_steps)
-
-
-def _staged(ce, term, batch, *, init_steps: int, weight: float, ce_weight: float):
-  """``ce_weight·CE + weight·term`` (``init_steps = 0``), or RepDistiller's two stages in one
-  run: ``weight·term`` while ``step < init_steps``, then ``ce_weight·CE`` alone."""
-  if not init_steps:
+# RepDistiller's two-stage methods (AB, FSP, FT) share one schedule, in epochs
+# (kdjax.methods.schedule.init_length): ``init_epochs=None`` (default) is RepDistiller's 30-epoch
+# init stage (train_student.py ``--init_epochs 30``, helper/pretrain.py), or its share of the run
+# where the run is shorter than RepDistiller's 270 epochs (30 init + 240 main): min(30, epochs/9);
+# ``N > 0`` is N epochs (N >= the run's epochs is a ValueError when the step is traced); ``0``
+# trains in one stage, jointly (kdjax's form, no reference). The init stage needs the run's length
+# in the batch (make_train_step(..., steps_per_epoch=, epochs=)), as DKD's ramp.
+def _staged(name: str, ce, term, batch, *, init_epochs: float | None, weight: float, ce_weight: float):
+  """``ce_weight·CE + weight·term`` (no init stage), or RepDistiller's two stages in one run:
+  ``weight·term`` while ``epoch < init``, then ``ce_weight·CE`` alone."""
+  init = init_length(name, init_epochs, batch)
+  if not init:
     return ce_weight * ce + weight * term
-  return jnp.where(batch["step"] < init_steps, weight * term, ce_weight * ce)
+  return jnp.where(in_init_stage(batch, init), weight * term, ce_weight * ce)
 
 
 def vid(*, layers=("block1", "block2"), weight: float = 1.0, init_pred_var: float = 5.0, eps: float = 1e-5,
@@ -226,8 +282,11 @@ def vid(*, layers=("block1", "block2"), weight: float = 1.0, init_pred_var: floa
   vector initialized to ``init_pred_var`` (5, eps 1e-5); both train with the
   student. Where the spatial sizes differ, the larger map is average-pooled onto
   the smaller (integer ratios only); on vectors the 1x1 convolutions are linear
-  maps. Defaults are RepDistiller's: every intermediate block, β=1. Logs ``ce``
-  and ``vid``.
+  maps. Logs ``ce`` and ``vid``. ``layers``: every stage output, as :func:`attention`.
+
+  Defaults: β=1, ``init_pred_var=5``, ``eps=1e-5``, every intermediate block: RepDistiller
+  ``scripts/run_cifar_distill.sh`` (``-a 0 -b 1``), ``distiller_zoo/VID.py``, ``helper/loops.py``;
+  mdistiller ``mdistiller/engine/cfg.py`` (``CFG.VID``).
   """
   layers = _layers("vid", layers)
   if not init_pred_var > eps:
@@ -301,7 +360,7 @@ def _decode(params, x):
 
 
 def factor_transfer(*, layers=("block2",), weight: float = 200.0, rate: float = 0.5, p: int | None = 2,
-                    recon_weight: float = 1.0, ce_weight: float = 1.0) -> Method:
+                    recon_weight: float = 1.0, init_epochs: float | None = None, ce_weight: float = 1.0) -> Method:
   r"""Factor transfer (FT, Kim et al., NeurIPS 2018), as RepDistiller's
   ``distiller_zoo/FT.py`` with ``models/util.py``'s ``Paraphraser`` and ``Translator``:
 
@@ -314,21 +373,42 @@ def factor_transfer(*, layers=("block2",), weight: float = 200.0, rate: float = 
   (RepDistiller's: the channel mean of the squared factor, ``p=2``; ``p=None``
   is the paper's normalized ``vec(F)``), ``P``/``D`` the teacher-side
   paraphraser's encoder (to ``rate·C_t`` channels, k=0.5) and decoder, ``T`` the
-  student-side translator, and ``sg`` a stopped gradient. Defaults: RepDistiller's
-  β=200 on the last block.
+  student-side translator, and ``sg`` a stopped gradient. Needs NHWC maps; their
+  spatial sizes may differ by an integer ratio (the larger factor is average-pooled
+  onto the smaller). Logs ``ce``, ``ft`` and ``ft_recon`` in either form below.
 
   RepDistiller trains the paraphraser to reconstruct the teacher's features in a
-  separate 30-epoch init stage, then freezes it. kdjax has one stage, so here the
-  paraphraser trains jointly with the student on its own reconstruction loss
-  (logged as ``ft_recon``), while the teacher's factor is under a stopped gradient
-  in the FT term (logged as ``ft``): the paraphraser only learns to reconstruct,
-  and the student and translator chase its (moving) factor from the first step.
-  Needs NHWC maps; their spatial sizes may differ by an integer ratio (the larger
-  factor is average-pooled onto the smaller).
+  separate init stage (``init_epochs`` 30), then freezes it and trains the student
+  and the translator on ``CE + 200·FT``. With an init stage (the default) this is
+  one run: ``recon_weight·recon`` alone in the init stage (only the paraphraser
+  learns), then ``ce_weight·CE + weight·FT`` (the paraphraser gets no gradient
+  any more: the FT term stops it). With ``init_epochs=0`` the paraphraser trains
+  jointly on its reconstruction loss while the student and translator chase its
+  (moving) factor from the first step: ``ce_weight·CE + weight·FT +
+  recon_weight·recon``. RepDistiller's init stage has its own optimizer (SGD at
+  lr 0.01 for ResNet and WRN students, no schedule); here both stages share the
+  run's optimizer and schedule.
+
+  ``init_epochs``: ``None`` (default) is RepDistiller's 30-epoch init stage, or its share of
+  the run where the run is shorter than RepDistiller's 270 epochs (30 init + 240 main),
+  ``min(30, epochs / 9)``; ``N > 0`` is N epochs (``N >=`` the run's epochs is a ValueError when
+  the step is traced: no main stage would be left; the fix is ``--set method.init_epochs=N``);
+  ``0`` trains in one stage, jointly (kdjax's form; RepDistiller has none). Any init stage needs
+  the run's length: the step must be built with ``steps_per_epoch`` and ``epochs``
+  (``make_train_step(..., steps_per_epoch=, epochs=)``; ``distill``, ``train_student`` and sweeps
+  do), else the step fails with a ValueError saying so. Stage boundaries fall on steps:
+  ``batch["epoch"] < init`` is the init stage.
+
+  Defaults: β=200, k=0.5, p=2, the last stage (``feat[-2]``: ``block2`` on a two-stage model,
+  pass ``("block3",)`` on a three-stage CIFAR ResNet), recon weight 1 (the init stage's plain
+  MSE), a 30-epoch init stage: RepDistiller ``scripts/run_cifar_distill.sh`` (``-a 0 -b 200``),
+  ``train_student.py`` (``--init_epochs 30``), ``helper/pretrain.py``, ``distiller_zoo/FT.py``,
+  ``models/util.py`` (``Paraphraser``, ``Translator``).
   """
   layers = _layers("ft", layers)
   if not 0 < rate <= 1:
     raise ValueError(f"FT: rate must be in (0, 1], got {rate}")
+  check_epochs("FT", "init_epochs", init_epochs)
 
   def init(key, student_shapes, teacher_shapes):
     pairs = [_pair("FT", layer, student_shapes, teacher_shapes, maps_only=True) for layer in layers]
@@ -351,13 +431,17 @@ def factor_transfer(*, layers=("block2",), weight: float = 200.0, rate: float = 
       t_factor = _encode(parts["paraphraser"], t)
       recon = recon + hint_loss(_decode(parts["paraphraser"], t_factor), t)
       ft = ft + factor_transfer_loss(_encode(parts["translator"], s), t_factor, p)  # stops t_factor's gradient
-    return ce_weight * ce + weight * ft + recon_weight * recon, {"ce": ce, "ft": ft, "ft_recon": recon}
+    terms = {"ce": ce, "ft": ft, "ft_recon": recon}
+    init = init_length("FT", init_epochs, batch)
+    if not init:
+      return ce_weight * ce + weight * ft + recon_weight * recon, terms
+    return jnp.where(in_init_stage(batch, init), recon_weight * recon, ce_weight * ce + weight * ft), terms
 
   return as_method(method, needs_teacher=True, init=_jitted_init(init))
 
 
 def activation_boundary(*, layers=("block1", "block2"), weight: float = 1.0, margin: float = 1.0,
-                        init_steps: int = 0, ce_weight: float = 1.0) -> Method:
+                        init_epochs: float | None = None, ce_weight: float = 1.0) -> Method:
   r"""Activation-boundary transfer (AB, Heo et al., AAAI 2019), as RepDistiller's
   ``distiller_zoo/AB.py`` with ``models/util.py``'s ``Connector``:
 
@@ -374,19 +458,37 @@ def activation_boundary(*, layers=("block1", "block2"), weight: float = 1.0, mar
   batch norm across a factor 2); on vectors a linear map. It trains with the
   student.
 
-  RepDistiller uses AB only in a 30-epoch init stage (and then CE alone, its β=1
-  unused). ``init_steps`` chooses: 0 (the default) trains jointly,
-  ``ce_weight·CE + weight·AB``; N > 0 reproduces the two stages in one run:
-  ``weight·AB`` alone for the first N steps (by ``batch["step"]``), then
-  ``ce_weight·CE`` alone (pass 30 × steps per epoch for RepDistiller's). Logs
-  ``ce`` and ``ab`` either way.
+  RepDistiller uses AB only in a 30-epoch init stage (its plain AB sum, training
+  the connector and the student's feature layers), and then CE alone (its ``-b 1``
+  is unused). With an init stage (the default) this is one run: ``weight·AB``
+  alone in the init stage, then ``ce_weight·CE`` alone; with ``init_epochs=0`` it
+  trains jointly, ``ce_weight·CE + weight·AB``. Logs ``ce`` and ``ab`` either way.
+  RepDistiller's init stage has its own optimizer (no schedule) and keeps the
+  student's batch-norm statistics in inference mode; here both stages share the
+  run's optimizer and schedule.
+
+  ``init_epochs``: ``None`` (default) is RepDistiller's 30-epoch init stage, or its share of
+  the run where the run is shorter than RepDistiller's 270 epochs (30 init + 240 main),
+  ``min(30, epochs / 9)``; ``N > 0`` is N epochs (``N >=`` the run's epochs is a ValueError when
+  the step is traced: no main stage would be left; the fix is ``--set method.init_epochs=N``);
+  ``0`` trains in one stage, jointly (kdjax's form; RepDistiller has none). Any init stage needs
+  the run's length: the step must be built with ``steps_per_epoch`` and ``epochs``
+  (``make_train_step(..., steps_per_epoch=, epochs=)``; ``distill``, ``train_student`` and sweeps
+  do), else the step fails with a ValueError saying so. Stage boundaries fall on steps:
+  ``batch["epoch"] < init`` is the init stage.
 
   RepDistiller compares pre-activations (``preact=True``); kdjax models expose
   post-ReLU features. The teacher's side of each boundary (``t > 0``) is the same
   for both, the student's connected value is a pre-activation either way.
+  ``layers``: every stage output, as :func:`attention`.
+
+  Defaults: weight 1 (the init stage's plain sum), margin 1, a 30-epoch init stage:
+  RepDistiller ``scripts/run_cifar_distill.sh`` (``-a 0 -b 1``), ``train_student.py``
+  (``--init_epochs 30``), ``helper/pretrain.py``, ``helper/loops.py``, ``distiller_zoo/AB.py``,
+  ``models/util.py`` (``Connector``).
   """
   layers = _layers("ab", layers)
-  init_steps = _check_init_steps("AB", init_steps)
+  check_epochs("AB", "init_epochs", init_epochs)
   n = len(layers)
 
   def init(key, student_shapes, teacher_shapes):
@@ -405,7 +507,7 @@ def activation_boundary(*, layers=("block1", "block2"), weight: float = 1.0, mar
       connected = _regress(params[layer], s, relu=False) if params[layer] else s
       ab = ab + 2.0 ** (i + 1 - n) * activation_boundary_loss(connected, t, margin)
     ab = ab * (3.0 / 1000.0)
-    loss = _staged(ce, ab, batch, init_steps=init_steps, weight=weight, ce_weight=ce_weight)
+    loss = _staged("AB", ce, ab, batch, init_epochs=init_epochs, weight=weight, ce_weight=ce_weight)
     return loss, {"ce": ce, "ab": ab}
 
   return as_method(method, needs_teacher=True, init=_jitted_init(init))
@@ -427,7 +529,8 @@ def _check_fsp_shapes(layers, student, teacher) -> None:
       common_spatial_size(f"FSP between the {who}'s {a} and {b}", shapes[a].shape, shapes[b].shape)
 
 
-def fsp(*, layers=("block1", "block2"), weight: float = 50.0, init_steps: int = 0, ce_weight: float = 1.0) -> Method:
+def fsp(*, layers=("block1", "block2"), weight: float = 1.0, init_epochs: float | None = None,
+        ce_weight: float = 1.0) -> Method:
   r"""Flow of solution procedure (FSP, Yim et al., CVPR 2017), as RepDistiller's
   ``distiller_zoo/FSP.py``:
 
@@ -440,16 +543,37 @@ def fsp(*, layers=("block1", "block2"), weight: float = 50.0, init_steps: int = 
   NHWC maps, with equal student and teacher channel counts at each (a
   ``ValueError`` names the layers that differ, at ``init``). No learnable parts.
 
-  RepDistiller uses FSP only in a 30-epoch init stage (and then CE alone, its β=50
-  unused); ``init_steps`` chooses as in :func:`activation_boundary`: 0 (default)
-  trains jointly, ``ce_weight·CE + weight·FSP`` with ``weight=50``; N > 0 is
-  ``weight·FSP`` alone for the first N steps, then ``ce_weight·CE`` alone. Logs
-  ``ce`` and ``fsp``.
+  RepDistiller uses FSP only in a 30-epoch init stage, on its plain FSP sum
+  (training the student's feature layers), and then CE alone: its ``-b 50`` is
+  never used. With an init stage (the default) this is one run: ``weight·FSP``
+  alone in the init stage (``weight=1``: RepDistiller's plain sum), then
+  ``ce_weight·CE`` alone; with ``init_epochs=0`` it trains jointly,
+  ``ce_weight·CE + weight·FSP`` (kdjax's form, no reference weight: RepDistiller's
+  unused β=50 is one choice). Logs ``ce`` and ``fsp`` either way. RepDistiller's
+  init stage has its own optimizer (no schedule); here both stages share the run's.
+
+  ``init_epochs``: ``None`` (default) is RepDistiller's 30-epoch init stage, or its share of
+  the run where the run is shorter than RepDistiller's 270 epochs (30 init + 240 main),
+  ``min(30, epochs / 9)``; ``N > 0`` is N epochs (``N >=`` the run's epochs is a ValueError when
+  the step is traced: no main stage would be left; the fix is ``--set method.init_epochs=N``);
+  ``0`` trains in one stage, jointly (kdjax's form; RepDistiller has none). Any init stage needs
+  the run's length: the step must be built with ``steps_per_epoch`` and ``epochs``
+  (``make_train_step(..., steps_per_epoch=, epochs=)``; ``distill``, ``train_student`` and sweeps
+  do), else the step fails with a ValueError saying so. Stage boundaries fall on steps:
+  ``batch["epoch"] < init`` is the init stage.
+
+  RepDistiller relates the stem and every stage (``feat[:-1]``); kdjax's two-stage CNNs have no
+  stem tap, so the default relates their two stages; on a CIFAR ResNet pass e.g.
+  ``("stem", "block1", "block2", "block3")`` (the channel counts must match the teacher's).
+
+  Defaults: weight 1 (the init stage's plain sum; was 50, RepDistiller's unused ``-b``), a
+  30-epoch init stage: RepDistiller ``scripts/run_cifar_distill.sh``, ``train_student.py``
+  (``--init_epochs 30``), ``helper/pretrain.py``, ``helper/loops.py``, ``distiller_zoo/FSP.py``.
   """
   layers = _layers("fsp", layers)
   if len(layers) < 2:
     raise ValueError(f"FSP needs at least two layers (it relates consecutive ones), got {layers}")
-  init_steps = _check_init_steps("FSP", init_steps)
+  check_epochs("FSP", "init_epochs", init_epochs)
 
   def init(key, student_shapes, teacher_shapes):
     _check_fsp_shapes(layers, student_shapes, teacher_shapes)
@@ -459,7 +583,7 @@ def fsp(*, layers=("block1", "block2"), weight: float = 50.0, init_steps: int = 
     _check_fsp_shapes(layers, student_feats, teacher[1])
     ce = hard_cross_entropy(student_logits, batch["label"])
     term = fsp_loss([student_feats[l] for l in layers], [teacher[1][l] for l in layers])
-    loss = _staged(ce, term, batch, init_steps=init_steps, weight=weight, ce_weight=ce_weight)
+    loss = _staged("FSP", ce, term, batch, init_epochs=init_epochs, weight=weight, ce_weight=ce_weight)
     return loss, {"ce": ce, "fsp": term}
 
   return as_method(method, needs_teacher=True, init=init)

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import functools
 
-import jax.numpy as jnp
-
 from kdjax.losses import (check_alpha, check_skew, check_temperature, dist_loss, dkd_loss, generalized_js_divergence,
                           hard_cross_entropy, js_divergence, kl_divergence, reverse_kl_divergence, standardize_logits)
 from kdjax.methods.base import Method, as_method
+from kdjax.methods.schedule import check_epochs, warmup_length, warmup_weight
 
 
 def _logits(student_logits, teacher, standardize: bool):
@@ -20,7 +19,11 @@ def _logits(student_logits, teacher, standardize: bool):
 
 
 def supervised() -> Method:
-  """Plain cross-entropy on the labels; needs no teacher."""
+  """Plain cross-entropy on the labels; needs no teacher.
+
+  Defaults: none (no hyperparameters); RepDistiller's ``train_teacher.py``, mdistiller's
+  ``configs/cifar100/vanilla.yaml``.
+  """
 
   def method(student_logits, student_feats, teacher, batch, params):
     del student_feats, teacher, params
@@ -37,6 +40,17 @@ def hinton_kd(*, alpha: float, temperature: float, standardize: bool = False) ->
   Logs ``ce`` and ``kl`` (the KL at temperature T, before the ``T²`` factor).
   ``standardize=True`` applies logit standardization (Sun et al. 2024) to both
   logits inside the KL term (the CE term keeps the raw student logits).
+
+  ``alpha`` and ``temperature`` have no defaults: Hinton et al. fix no values (there is no
+  reference code), and studies and sweeps supply both (the registry's ``label_weight`` and
+  ``temperature``; :class:`kdjax.config.StudyConfig`'s α=0.5, T=4). The CIFAR-100 references use
+  ``alpha=0.1, temperature=4`` (RepDistiller ``-r 0.1 -a 0.9``, ``--kd_T 4``; mdistiller
+  ``KD.LOSS.CE_WEIGHT 0.1``, ``KD_WEIGHT 0.9``, ``TEMPERATURE 4``; its ImageNet configs:
+  ``alpha=0.5, temperature=1``).
+
+  Defaults: none (required); the CIFAR-100 values above are RepDistiller
+  ``scripts/run_cifar_distill.sh`` and ``train_student.py``, mdistiller
+  ``mdistiller/engine/cfg.py`` (``CFG.KD``) and ``configs/imagenet/r34_r18/kd.yaml``.
   """
   return _divergence_kd(kl_divergence, "kl", alpha=alpha, temperature=temperature, standardize=standardize)
 
@@ -56,13 +70,23 @@ def _divergence_kd(divergence, term: str, *, alpha: float, temperature: float, s
 
 
 def reverse_kd(*, alpha: float = 0.5, temperature: float = 4.0, standardize: bool = False) -> Method:
-  """``α·CE + (1−α)·T²·KL(softmax(s/T) ‖ softmax(t/T))``: KD with the reverse KL."""
+  """``α·CE + (1−α)·T²·KL(softmax(s/T) ‖ softmax(t/T))``: KD with the reverse KL.
+
+  Defaults: no reference implementation (reverse KL is a variant of Hinton KD, e.g. MiniLLM's
+  objective for sequence models); α=0.5, T=4 are kdjax's study defaults
+  (``kdjax/config.py`` ``StudyConfig``), which studies and sweeps apply anyway (the registry's
+  ``label_weight``/``temperature``).
+  """
   return _divergence_kd(reverse_kl_divergence, "reverse_kl", alpha=alpha, temperature=temperature,
                         standardize=standardize)
 
 
 def js_kd(*, alpha: float = 0.5, temperature: float = 4.0, standardize: bool = False) -> Method:
-  """``α·CE + (1−α)·T²·JS(softmax(s/T), softmax(t/T))``: KD with the Jensen–Shannon divergence."""
+  """``α·CE + (1−α)·T²·JS(softmax(s/T), softmax(t/T))``: KD with the Jensen–Shannon divergence.
+
+  Defaults: no reference implementation; α=0.5, T=4 are kdjax's study defaults
+  (``kdjax/config.py`` ``StudyConfig``), which studies and sweeps apply anyway.
+  """
   return _divergence_kd(js_divergence, "js", alpha=alpha, temperature=temperature, standardize=standardize)
 
 
@@ -73,37 +97,80 @@ def gkd(*, alpha: float = 0.5, temperature: float = 4.0, beta: float = 0.5, stan
   :func:`js_kd`, small ``β`` behaves as forward KL and ``β`` near 1 as reverse KL, scaled by ``β``
   and ``1 − β``). GKD's on-policy part (training on the student's own samples) is for sequence
   models and is not here: this is its divergence on the training inputs. Logs ``ce`` and
-  ``gjsd`` (before the ``T²`` factor)."""
+  ``gjsd`` (before the ``T²`` factor).
+
+  Defaults: ``beta=0.5`` is TRL's ``GKDConfig.beta`` (huggingface/trl ``trl/trainer/gkd_config.py``,
+  the GKD reference implementation for language models, which has no label term and samples at
+  its own temperature 0.9); α=0.5, T=4 are kdjax's study defaults (``kdjax/config.py``
+  ``StudyConfig``), which studies and sweeps apply anyway.
+  """
   check_skew(beta)
   return _divergence_kd(functools.partial(generalized_js_divergence, beta=beta), "gjsd", alpha=alpha,
                         temperature=temperature, standardize=standardize)
 
 
 def dkd(*, alpha: float = 1.0, beta: float = 8.0, temperature: float = 4.0, ce_weight: float = 1.0,
-        warmup_steps: int = 0, standardize: bool = False) -> Method:
-  """Decoupled KD (Zhao et al. 2022): ``ce_weight·CE + w(step)·DKD``.
+        warmup_epochs: float | None = None, standardize: bool = False) -> Method:
+  """Decoupled KD (Zhao et al. 2022): ``ce_weight·CE + w(epoch)·DKD``
+  (:func:`kdjax.losses.dkd_loss`, ``α·TCKD + β·NCKD`` at temperature T). Logs ``ce`` and ``dkd``.
 
-  ``w(step) = min(step / warmup_steps, 1)``, the linear ramp of the reference
-  code (20 epochs there: pass 20 × steps per epoch); 0 turns it off. Defaults
-  are the paper's CIFAR-100 ones (α=1, β=8, T=4). Logs ``ce`` and ``dkd``.
+  ``w`` is the reference's linear warm-up ``min(epoch / warmup, 1)``, in epochs: mdistiller
+  evaluates it once per epoch with a 1-based epoch counter, so the k-th epoch (k = 1, 2, …)
+  weighs ``min(k / warmup, 1)``: 1/20 in the first epoch, full weight from the 20th
+  (:func:`kdjax.methods.schedule.warmup_weight`, reading ``batch["epoch"]``).
+  ``warmup_epochs``:
+
+  - ``None`` (default): the reference's 20 epochs, or the whole run where the run is shorter,
+    ``min(20, epochs)`` (a 5-epoch run ramps over its 5 epochs, a 40-epoch one over 20);
+  - ``N > 0``: N epochs; ``N`` longer than the run is a ValueError when the step is traced
+    (the term would never reach its full weight), naming both numbers and the fix
+    (``--set method.warmup_epochs=N``);
+  - ``0``: no ramp (full weight from the first step).
+
+  A ramp needs the run's length: the step must be built with ``steps_per_epoch`` and ``epochs``
+  (``make_train_step(..., steps_per_epoch=, epochs=)``; :func:`kdjax.train.distill`,
+  ``train_student`` and sweeps do), else the step fails with a ValueError saying so, unless
+  ``warmup_epochs=0``. A negative ``warmup_epochs`` is a ValueError here.
+
+  Other reference settings: CIFAR-100 pairs with β=2 (resnet56→resnet20, resnet110→resnet32) and
+  β=6 (vgg13→vgg8, vgg13→MobileNetV2, wrn_40_2→wrn_16_2, wrn_40_2→wrn_40_1); ImageNet:
+  ``beta=0.5`` (ResNet-34→18) or ``2`` (ResNet-50→MobileNetV1), ``temperature=1``,
+  ``warmup_epochs=1``.
+
+  Defaults: α=1, β=8, T=4, ce_weight=1, warmup 20 epochs: mdistiller ``mdistiller/engine/cfg.py``
+  (``CFG.DKD``), ``configs/cifar100/dkd/res32x4_res8x4.yaml`` (and the other
+  ``configs/cifar100/dkd/*.yaml``, ``configs/imagenet/*/dkd.yaml``) and
+  ``mdistiller/distillers/DKD.py`` (the ramp; the epoch counter in ``mdistiller/engine/trainer.py``).
   """
   check_temperature(temperature)
+  check_epochs("dkd", "warmup_epochs", warmup_epochs)
 
   def method(student_logits, student_feats, teacher, batch, params):
     del student_feats, params
+    ramp = warmup_weight(batch, warmup_length("dkd", warmup_epochs, 20.0, batch))
     s, t = _logits(student_logits, teacher, standardize)
     ce = hard_cross_entropy(student_logits, batch["label"])
     d = dkd_loss(s, t, batch["label"], alpha=alpha, beta=beta, temperature=temperature)
-    ramp = jnp.minimum(batch["step"] / warmup_steps, 1.0) if warmup_steps else 1.0
     return ce_weight * ce + ramp * d, {"ce": ce, "dkd": d}
 
   return as_method(method, needs_teacher=True)
 
 
-def dist_kd(*, beta: float = 1.0, gamma: float = 1.0, temperature: float = 1.0, ce_weight: float = 1.0,
+def dist_kd(*, beta: float = 2.0, gamma: float = 2.0, temperature: float = 4.0, ce_weight: float = 1.0,
             standardize: bool = False) -> Method:
-  """DIST (Huang et al. 2022): ``ce_weight·CE + DIST``; DIST is a batch-level scalar,
-  spread evenly over the examples so that the batch mean is ``mean(CE) + DIST``."""
+  """DIST (Huang et al. 2022): ``ce_weight·CE + DIST`` (:func:`kdjax.losses.dist_loss`:
+  ``T²·(β·inter + γ·intra)``); DIST is a batch-level scalar, spread evenly over the examples so
+  that the batch mean is ``mean(CE) + DIST``. Logs ``ce`` and ``dist``.
+
+  The reference weighs its ``DIST(beta=1, gamma=1, tau)`` by ``kd_loss_weight: 2`` (and CE by
+  ``ori_loss_weight: 1``): here that is ``beta = gamma = 2``. On CIFAR-100 its ``kd: dist_t4`` is
+  τ = 4; on ImageNet (``configs/strategies/distill/resnet_dist.yaml``, ``kd: 'dist'``) τ = 1, with
+  the same weights: pass ``temperature=1`` there.
+
+  Defaults: β=2, γ=2, T=4, ce_weight=1: DIST_KD's classification code (hunto/image_classification_sota)
+  ``configs/strategies/distill/dist_cifar.yaml`` and ``lib/models/losses/kd_loss.py`` (``KDLoss``:
+  ``dist_t4``, the weights), ``lib/models/losses/dist_kd.py``.
+  """
   check_temperature(temperature)
 
   def method(student_logits, student_feats, teacher, batch, params):

@@ -17,6 +17,7 @@ from kdjax.losses import hard_cross_entropy
 from kdjax.losses.review import hcl_loss
 from kdjax.methods.base import Method, as_method, pick_feature
 from kdjax.methods.connectors import batch_norm, batch_norm_init, conv
+from kdjax.methods.schedule import check_epochs, warmup_length, warmup_weight
 
 
 def _as_map(x):
@@ -84,8 +85,8 @@ def _abf(params, x, residual):
   return batch_norm(params["bn2"], conv(params["conv2"], x)), x
 
 
-def reviewkd(*, layers=("block1", "block2", "pre_logits"), teacher_layers=None, weight: float = 1.0,
-             ce_weight: float = 1.0, warmup_steps: int = 0, max_mid_channels: int = 512) -> Method:
+def reviewkd(*, layers=("block1", "block2", "pre_logits"), teacher_layers=None, weight: float = 5.0,
+             ce_weight: float = 1.0, warmup_epochs: float | None = None, max_mid_channels: int = 512) -> Method:
   r"""ReviewKD (Chen et al., CVPR 2021) as in mdistiller.
 
   ``layers`` are the student's taps from shallow to deep (``teacher_layers``
@@ -105,19 +106,42 @@ def reviewkd(*, layers=("block1", "block2", "pre_logits"), teacher_layers=None, 
   (3x3 conv + BN) as ``O_j``. The loss is
 
   .. math::
-      L = ce\_weight·CE + weight·\min(step/warmup\_steps, 1)·\sum_j \mathrm{HCL}(O_j, F^t_j)
+      L = ce\_weight·CE + weight·w(epoch)·\sum_j \mathrm{HCL}(O_j, F^t_j)
 
   with :func:`kdjax.losses.hcl_level_loss` per level. Logs ``ce`` and
   ``reviewkd`` (the unweighted HCL sum).
 
-  Defaults: mdistiller's weights (``weight=1, ce_weight=1``). mdistiller warms
-  the term up linearly over 20 epochs; here ``warmup_steps=0`` (no warm-up) by
-  default: pass 20 × steps per epoch to match. Student and teacher maps must
-  have equal spatial sizes per level (a ``ValueError`` otherwise); mdistiller
-  would instead resize the fused map to the teacher's size (its
-  ``out_shapes``). mdistiller taps the teacher's pre-activation features;
-  kdjax uses whatever the named taps expose. The ABF connectors are trained
-  with the student; their batch norms always use batch statistics.
+  ``w`` is the reference's linear warm-up ``min(epoch / warmup, 1)``, in epochs,
+  as DKD's (:func:`kdjax.methods.dkd`): mdistiller's 1-based epoch counter gives
+  the k-th epoch ``min(k / warmup, 1)`` (the authors' ``CIFAR-100/train.py``
+  counts from 0, one epoch later: ``min(1, epoch / 20)`` with ``epoch = 0`` first).
+  ``warmup_epochs``: ``None`` (default) is the reference's 20 epochs, or the whole
+  run where the run is shorter, ``min(20, epochs)``; ``N > 0`` is N epochs (longer
+  than the run is a ValueError when the step is traced, naming both numbers and
+  the fix ``--set method.warmup_epochs=N``); ``0`` turns the ramp off. A ramp needs
+  the run's length (``make_train_step(..., steps_per_epoch=, epochs=)``; ``distill``,
+  ``train_student`` and sweeps do), else the step fails with a ValueError saying
+  so. On ImageNet the references use 1 warm-up epoch and ``weight`` 1
+  (ResNet-34→18) or 8 (ResNet-50→MobileNetV1); the authors' other CIFAR-100 pairs
+  use 5 (wrn_40_2→wrn_16_2/wrn_40_1/ShuffleV1, resnet32x4→ShuffleV1), 8
+  (resnet32x4→ShuffleV2), 0.6 (resnet56→resnet20) and 1 (resnet110→resnet32).
+
+  Student and teacher maps must have equal spatial sizes per level (a
+  ``ValueError`` otherwise); mdistiller would instead resize the fused map to
+  the teacher's size (its ``out_shapes``). mdistiller taps the teacher's
+  pre-activation features; kdjax uses whatever the named taps expose. The ABF connectors are trained
+  with the student; their batch norms always use batch statistics. ``layers``:
+  every stage output and the pooled vector, as the references', on kdjax's
+  two-stage CNNs; pass ``("block1", "block2", "block3", "pre_logits")`` on a
+  three-stage CIFAR ResNet or WRN.
+
+  Defaults: weight 5 (was 1, mdistiller's ``cfg.py`` default, which no CIFAR-100
+  config uses), ce_weight 1, warm-up 20 epochs, ``mid = min(512, C)``: mdistiller
+  ``configs/cifar100/reviewkd.yaml`` (resnet32x4→resnet8x4, ``REVIEWKD_WEIGHT: 5.0``),
+  ``mdistiller/engine/cfg.py`` (``CFG.REVIEWKD``: ``WARMUP_EPOCHS 20``,
+  ``MAX_MID_CHANNEL 512``), ``mdistiller/distillers/ReviewKD.py``; the authors'
+  dvlab-research/ReviewKD ``CIFAR-100/script/reviewKD.sh`` (``--kd-loss-weight 5.0``)
+  and ``CIFAR-100/train.py`` (``--kd-warm-up 20``).
   """
   layers = (layers,) if isinstance(layers, str) else tuple(layers)
   teacher_layers = layers if teacher_layers is None else (
@@ -127,9 +151,10 @@ def reviewkd(*, layers=("block1", "block2", "pre_logits"), teacher_layers=None, 
   if len(layers) != len(teacher_layers):
     raise ValueError(f"reviewkd: {len(layers)} student layers {layers} but {len(teacher_layers)} teacher "
                      f"layers {teacher_layers}; give one teacher layer per student layer")
-  if weight < 0 or ce_weight < 0 or warmup_steps < 0 or max_mid_channels < 1:
-    raise ValueError(f"reviewkd: weight, ce_weight and warmup_steps must be >= 0 and max_mid_channels >= 1, "
-                     f"got {weight}, {ce_weight}, {warmup_steps} and {max_mid_channels}")
+  if weight < 0 or ce_weight < 0 or max_mid_channels < 1:
+    raise ValueError(f"reviewkd: weight and ce_weight must be >= 0 and max_mid_channels >= 1, "
+                     f"got {weight}, {ce_weight} and {max_mid_channels}")
+  check_epochs("reviewkd", "warmup_epochs", warmup_epochs)
 
   def init(key, student_shapes, teacher_shapes):
     s, t = _levels(layers, teacher_layers, student_shapes, teacher_shapes)
@@ -145,6 +170,7 @@ def reviewkd(*, layers=("block1", "block2", "pre_logits"), teacher_layers=None, 
     return jax.jit(draw)(key)
 
   def method(student_logits, student_feats, teacher, batch, params):
+    ramp = warmup_weight(batch, warmup_length("reviewkd", warmup_epochs, 20.0, batch))
     s, t = _levels(layers, teacher_layers, student_feats, teacher[1])
     abfs = params["abf"]
     outputs, residual = [None] * len(s), None
@@ -152,7 +178,6 @@ def reviewkd(*, layers=("block1", "block2", "pre_logits"), teacher_layers=None, 
       outputs[j], residual = _abf(abfs[j], s[j].astype(jnp.float32), residual)
     hcl = hcl_loss(outputs, t)
     ce = hard_cross_entropy(student_logits, batch["label"])
-    ramp = jnp.minimum(batch["step"] / warmup_steps, 1.0) if warmup_steps else 1.0
     return ce_weight * ce + weight * ramp * hcl, {"ce": ce, "reviewkd": hcl}
 
   return as_method(method, needs_teacher=True, init=init)

@@ -60,6 +60,10 @@ def tf_kd(*, alpha: float = 0.1, temperature: float = 20.0, correct_prob: float 
   multiplier 1; ShuffleNetV2: α=0.95, T=10, multiplier 1; GoogLeNet: α=0.1, T=40,
   multiplier 50. Needs no teacher. Logs ``ce`` and ``reg`` (the regularizer with its
   multiplier, before ``α``).
+
+  Defaults: α=0.1, T=20, multiplier 100, correct_prob 0.99: yuanli2333/Teacher-free-Knowledge-Distillation
+  ``experiments/base_experiments/base_resnet18/params.json`` and ``my_loss_function.py``
+  (``loss_kd_regularization``).
   """
   _check_unit("tf_kd", "alpha (the weight of the regularization term)", alpha)
   check_temperature(temperature)
@@ -197,6 +201,10 @@ def byot(*, taps=("block1", "block2"), num_classes: int | None = None, alpha: fl
   exits, for :func:`kdjax.train.heads.evaluate_heads`). Logs ``ce`` (the deepest
   classifier's) and, per tap, ``ce/<tap>``, ``kl/<tap>`` (before ``T²``) and
   ``feat/<tap>``.
+
+  Defaults: α=0.3, λ=0.03, T=3: ArchipLab-LinfengZhang/pytorch-self-distillation-final
+  ``train.py`` (its argparse defaults); the loss's form (``1 − α`` on the deepest CE, ``T²``,
+  the squared feature distance) follows the paper's eq. 4 where that code departs, as above.
   """
   taps = (taps,) if isinstance(taps, str) else tuple(taps)
   if not taps:
