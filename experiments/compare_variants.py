@@ -9,7 +9,8 @@ from the same teacher; the rows differ only in the method and its temperature. T
 (Hinton KD, DKD, DIST) run at every temperature of the grid; the student alone and a feature
 method (SP) have no temperature and run once per seed. Runs that differ only in seed and
 temperature train together, one vmapped program per method (``kdjax.sweep``). DKD ramps its loss
-in over half the run (on this pair a short ramp diverged; see ``experiments/feature_kd.py``).
+in at its default, over min(20, epochs) epochs: the whole of this short run (a short ramp diverged on
+this pair; see ``experiments/feature_kd.py``). Unhealthy runs (kdjax.health) are marked and left out.
 
 Writes ``WORKDIR/compare_variants/``: ``results.jsonl`` (one line per run; re-running resumes),
 ``report.md`` (last-epoch and best-epoch tables, mean ± std over seeds, paired difference against
@@ -22,7 +23,6 @@ import argparse
 
 from kdjax.study import add_experiment_args, experiment_config, experiment_data
 from kdjax.sweep import run_sweep
-from kdjax.train.loop import steps_per_epoch
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -37,9 +37,6 @@ def main(argv: list[str] | None = None) -> None:
   methods = args.methods.split(",")
   data = experiment_data(cfg, args.subset)
   grid = [f"method={args.methods}", f"temperature={args.temperatures}", f"seed={','.join(map(str, cfg.seeds))}"]
-  if "dkd" in methods:
-    ramp = steps_per_epoch(len(data.train_labels), cfg.distilled.batch_size) * max(cfg.distilled.epochs // 2, 1)
-    grid.append(f"method.warmup_steps={ramp}")
   try:
     result = run_sweep(cfg, grid, out_dir=f"{args.workdir}/compare_variants", data=data, subset=args.subset,
                        max_parallel=args.max_parallel, baseline="method=supervised" if "supervised" in methods else None)

@@ -25,7 +25,6 @@ from kdjax.config import to_dict
 from kdjax.methods import PAPERS, make_method
 from kdjax.study import add_experiment_args, environment, experiment_config, experiment_data, mean_pm, select, write_results
 from kdjax.train import NonFiniteLossError, distill, train_student, train_teacher
-from kdjax.train.loop import steps_per_epoch
 
 # The table's rows: every registered method, the student alone, and Hinton KD with logit
 # standardization.
@@ -34,16 +33,12 @@ ROWS = {"supervised": "student alone (same augmentation)",
         "hinton+ls": "Hinton KD + logit standardization (Sun et al. 2024)"}
 
 
-def method_for(name: str, cfg, steps: int, num_examples: int):
+def method_for(name: str, cfg, num_examples: int):
   """The method ``name`` at its published defaults; Hinton KD at the preset's alpha and T."""
-  epochs = cfg.distilled.epochs
   if name in ("hinton", "hinton+ls"):
     return make_method("hinton", alpha=cfg.alpha, temperature=cfg.temperature, standardize=name == "hinton+ls")
-  if name == "dkd":
-    # mdistiller ramps DKD in over 20 of 240 epochs. On the MLP pair (built-in subset, seed 0) a
-    # one-epoch ramp diverged at step 67 (gradient norm inf); ramping over half the run trained
-    # (50 test errors), so the ramp here spans half the student's epochs.
-    return make_method("dkd", warmup_steps=steps * max(epochs // 2, 1))
+  # DKD at its defaults ramps its loss in over min(20, epochs) epochs (mdistiller: 20 of 240); on the MLP
+  # pair a one-epoch ramp diverged at step 67 (gradient norm inf), a half-run ramp trained (50 test errors).
   if name == "crd":  # RepDistiller draws 16384 negatives from CIFAR's 50,000; 4096 on smaller sets
     return make_method("crd", nce_k=16384 if num_examples >= 50_000 else min(4096, num_examples - 1))
   return make_method(name)
@@ -62,7 +57,6 @@ def main(argv: list[str] | None = None) -> None:
   out.mkdir(parents=True, exist_ok=True)
   # Every row, the student alone included, uses the distilled run's config and augmentation.
   student_cfg, teacher_cfg = cfg.distilled, cfg.teacher
-  steps = steps_per_epoch(len(data.train_labels), student_cfg.batch_size)
 
   t0 = time.perf_counter()
   teacher = train_teacher(data, teacher_cfg, seed=seeds[0], progress=False)
@@ -76,7 +70,7 @@ def main(argv: list[str] | None = None) -> None:
         if name == "supervised":
           r = train_student(data, student_cfg, seed=seed, progress=False)
         else:
-          r = distill(data, student_cfg, teacher, method=method_for(name, cfg, steps, len(data.train_labels)), seed=seed, progress=False)
+          r = distill(data, student_cfg, teacher, method=method_for(name, cfg, len(data.train_labels)), seed=seed, progress=False)
       except ValueError as e:  # the method does not fit this teacher/student pair
         skipped = str(e).splitlines()[0]
         break

@@ -381,10 +381,16 @@ def _abstract(tree):
   return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), tree)
 
 
+def _run_length(cfg: _Config) -> dict[str, int]:
+  """The timed run's length as a method's schedule in epochs sees it: a window is an epoch."""
+  return {"steps_per_epoch": cfg.steps, "epochs": cfg.windows + cfg.warmup + 1}
+
+
 def _build(cfg: _Config, t_graphdef, graphdef, tx, method, steps_per_call: int):
   return make_train_step(graphdef, tx, method, teacher_graphdef=None if cfg.mode == "cached" else t_graphdef,
                          jitter_pixels=JITTER_PIXELS if cfg.augment else 0, hflip=cfg.augment,
-                         precision=cfg.precision, steps_per_call=steps_per_call, cached_teacher=cfg.mode == "cached")
+                         precision=cfg.precision, steps_per_call=steps_per_call, cached_teacher=cfg.mode == "cached",
+                         **_run_length(cfg))
 
 
 def _compile_and_count(cfg: _Config, step, args, build_single):
@@ -454,9 +460,9 @@ def _bench_epoch(cfg: _Config, device) -> dict[str, Any]:
                                                                 batch))
 
   compile_s, flops, source, program_bytes = _compile_and_count(cfg, step, (state, teacher_vars, batch), single)
-  stamps = [time.perf_counter()]
+  stamps: list[float] = []
 
-  def stamp(st, test_x, test_y):  # called by fit once per epoch, right after its last step: the epoch clock
+  def stamp(st, test_x, test_y):  # fit calls it before the first step, then right after each epoch's last step
     jax.block_until_ready(st)
     stamps.append(time.perf_counter())
     return {"accuracy": 0.0, "errors": 0, "loss": 0.0}
@@ -491,7 +497,7 @@ def _bench_group(cfg: _Config, device) -> dict[str, Any]:
   tx = _optimizer(cfg.calls * (cfg.windows + cfg.warmup + 1), learning_rate=1.0)  # each student scales by its own rate
   graphdef, state = init_group(runs, tx, cfg.num_classes, cfg.input_shape, t_shapes, cfg.batch)
   step = group_step(graphdef, tx, runs, t_graphdef, jitter_pixels=JITTER_PIXELS if cfg.augment else 0,
-                    hflip=cfg.augment, precision=cfg.precision)
+                    hflip=cfg.augment, precision=cfg.precision, **_run_length(cfg))
   hp = group_hparams(runs)
   batch = _random_batch(cfg, jax.random.key(cfg.seed + 3), (), device)
   state, teacher_vars, hp = jax.device_put((state, teacher_vars, hp), device)

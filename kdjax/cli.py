@@ -19,11 +19,12 @@ import sys
 from kdjax.bench import add_ratios, bench_kd, check_config, to_jsonl, write_jsonl
 from kdjax.bench import format_table as format_bench_table
 from kdjax.config import override, validate_study
+from kdjax.health import EXIT_UNHEALTHY, warning_block
 from kdjax.methods import REGISTRY, format_hparams, method_hparams, method_spec
 from kdjax.models import get_model_spec, model_names
 from kdjax.parallel import initialize_distributed, is_primary
 from kdjax.presets import PRESETS
-from kdjax.study import format_table, run_study
+from kdjax.study import format_table, run_study, unhealthy_runs
 from kdjax.sweep import run_sweep
 from kdjax.train import NonFiniteLossError
 
@@ -53,6 +54,7 @@ def _parser() -> argparse.ArgumentParser:
   d.add_argument("--teacher-checkpoint", metavar="DIR",
                  help="restore the teacher from a run's checkpoint folder (e.g. WORKDIR/NAME/checkpoints/"
                       "teacher_seed0) instead of training it; its architecture must be the config's")
+  _health_args(d)
   d.add_argument("--distributed", action="store_true",
                  help="join a multi-process run (jax.distributed.initialize): on TPU pods, Slurm and Kubernetes "
                       "the arguments come from the environment, elsewhere give the three below")
@@ -78,6 +80,7 @@ def _parser() -> argparse.ArgumentParser:
   w.add_argument("--data-seed", type=int, default=0, help="the batch order and augmentation shared by all runs")
   w.add_argument("--out", help="output directory (default: runs/sweep_<config>)")
   w.add_argument("--no-progress", action="store_true", help="no progress bars")
+  _health_args(w)
   sub.add_parser("list", help="list the study configs, models, methods and datasets")
   b = sub.add_parser("bench", help="time the distillation train step: images/s, compile time, FLOPs, MFU, memory",
                      description="Times the KD train step on random data already on the device (median of timed "
@@ -108,6 +111,24 @@ def _parser() -> argparse.ArgumentParser:
   b.add_argument("--input-shape", metavar="H,W,C", help="image shape (default: the student's, 32,32,3 for CIFAR)")
   b.add_argument("--json", metavar="PATH", help="append one JSON line per row to PATH (default: print them)")
   return p
+
+
+def _health_args(p: argparse.ArgumentParser) -> None:
+  p.add_argument("--allow-unhealthy", action="store_true",
+                 help=f"exit 0 even when a run is unhealthy (default: exit {EXIT_UNHEALTHY}; docs/health.md)")
+  p.add_argument("--include-unhealthy", action="store_true",
+                 help="keep unhealthy runs in the means and comparisons (they stay marked)")
+
+
+def _end_with_health(unhealthy, args) -> int:
+  """Prints the warning block naming each unhealthy run; the exit status (docs/health.md)."""
+  if not unhealthy:
+    return 0
+  print("\n" + warning_block(unhealthy, excluded=not args.include_unhealthy), file=sys.stderr)
+  if args.allow_unhealthy:
+    return 0
+  print(f"kdjax: exit status {EXIT_UNHEALTHY}: unhealthy runs (--allow-unhealthy exits 0)", file=sys.stderr)
+  return EXIT_UNHEALTHY
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -159,19 +180,21 @@ def main(argv: list[str] | None = None) -> int:
     if args.distributed:
       initialize_distributed(args.coordinator, args.num_processes, args.process_id)
     result = run_study(cfg, progress=not args.no_progress, checkpoint_every=args.checkpoint_every,
-                       resume=args.resume, teacher_checkpoint=args.teacher_checkpoint)
+                       resume=args.resume, teacher_checkpoint=args.teacher_checkpoint,
+                       include_unhealthy=args.include_unhealthy)
   except (ValueError, FileNotFoundError, NotADirectoryError) as e:
     print(f"kdjax: error: {e}", file=sys.stderr)
     return 2
   except NonFiniteLossError as e:
     print(f"kdjax: error: {e}", file=sys.stderr)
     return 1
-  if is_primary():
-    print(format_table(result))
-    if result.out_dir:
-      print(f"\nwritten: {result.out_dir}/metrics.jsonl, results.json, table.md"
-            + (", checkpoints/" if args.checkpoint_every is not None or args.resume else ""))
-  return 0
+  if not is_primary():
+    return 0
+  print(format_table(result, include_unhealthy=args.include_unhealthy))
+  if result.out_dir:
+    print(f"\nwritten: {result.out_dir}/metrics.jsonl, results.json, table.md"
+          + (", checkpoints/" if args.checkpoint_every is not None or args.resume else ""))
+  return _end_with_health(unhealthy_runs(result), args)
 
 
 def _check_study_keys_reach_method(cfg, overrides: list[str]) -> None:
@@ -203,7 +226,7 @@ def _sweep(args) -> int:
     validate_study(cfg)
     result = run_sweep(cfg, args.grid, out_dir=args.out or f"runs/sweep_{args.config}", max_parallel=args.max_parallel,
                        subset=args.subset, data_seed=args.data_seed, baseline=args.baseline,
-                       progress=not args.no_progress)
+                       progress=not args.no_progress, include_unhealthy=args.include_unhealthy)
   except (ValueError, FileNotFoundError, NotADirectoryError) as e:
     print(f"kdjax: error: {e}", file=sys.stderr)
     return 2
@@ -212,7 +235,7 @@ def _sweep(args) -> int:
     return 1
   print((result.out_dir / "report.md").read_text())
   print(f"written: {', '.join(str(p) for p in result.reports.values())}")
-  return 0
+  return _end_with_health(result.unhealthy(), args)
 
 
 def _int_list(flag: str, text: str) -> list[int]:

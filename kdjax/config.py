@@ -8,7 +8,10 @@ import types
 import typing
 from typing import Any
 
+import optax
+
 from kdjax.compress import check_sparsity
+from kdjax.health import HealthThresholds
 from kdjax.losses import check_alpha, check_temperature
 from kdjax.methods import make_method, parse_hparam, study_hparams
 from kdjax.models.functional import compute_dtype
@@ -29,6 +32,8 @@ class TrainConfig:
   weight_decay: float = 0.0
   schedule: str = "cosine"  # "cosine", "constant" or "step" (x0.1 at each of decay_epochs)
   decay_epochs: tuple[int, ...] = ()  # for schedule="step", e.g. (150, 180, 210)
+  clip_norm: float = 0.0  # clip each step's gradient to this global norm (before the optimizer); 0 = off
+  warmup_epochs: float = 0.0  # linear learning-rate warm-up from 0 over this many epochs (kdjax.optim); 0 = off
   jitter: int = 0  # random translation of up to this many pixels, on the device; 0 = off
   hflip: bool = False  # random horizontal flips, on the device
   dropout: float | None = None  # hidden-layer dropout rate; None = the model's default
@@ -82,6 +87,8 @@ class StudyConfig:
   # table separates the gain from the teacher from the gain from augmentation.
   augmented_control: bool = True
   workdir: str = "runs"
+  # The thresholds of every run's health verdict (kdjax.health; docs/health.md), e.g. --set health.loss_rise=3.
+  health: HealthThresholds = HealthThresholds()
 
 
 def check_teacher_cache(value: str, role: str = "distilled") -> None:
@@ -117,9 +124,13 @@ def validate_study(cfg: StudyConfig) -> None:
     check_teacher_cache(run.teacher_cache, role)
     if any(e > run.epochs for e in run.decay_epochs):
       raise ValueError(f"{role}.decay_epochs {run.decay_epochs} go past its {run.epochs} epochs")
-    make_optimizer(run.optimizer, learning_rate=run.learning_rate, total_steps=run.epochs, steps_per_epoch=1,
-                   momentum=run.momentum, weight_decay=run.weight_decay, schedule=run.schedule,
-                   decay_epochs=run.decay_epochs)
+    if not math.isfinite(run.clip_norm) or run.clip_norm < 0:
+      raise ValueError(f"{role}.clip_norm must be a finite number >= 0 (0 = off), got {run.clip_norm}")
+    if not math.isfinite(run.warmup_epochs) or run.warmup_epochs < 0:
+      raise ValueError(f"{role}.warmup_epochs must be a finite number >= 0 (0 = off), got {run.warmup_epochs}")
+    if run.warmup_epochs >= run.epochs:
+      raise ValueError(f"{role}.warmup_epochs {run.warmup_epochs:g} is not shorter than its {run.epochs} epochs")
+    run_optimizer(run, _CHECK_STEPS_PER_EPOCH)
     check_compression(run, role)
   if cfg.student.model != cfg.distilled.model:
     raise ValueError(f"student ({cfg.student.model}) and distilled ({cfg.distilled.model}) must be "
@@ -127,6 +138,25 @@ def validate_study(cfg: StudyConfig) -> None:
   if not study_method(cfg).needs_teacher:
     raise ValueError(f"method {cfg.method!r} uses no teacher, but the study's distilled run learns from one: "
                      "pick a method that distills (kdjax list)")
+
+
+# The epoch length validate_study builds each run's optimizer with (the data, so the real one, is not known
+# yet): long enough that a fractional warm-up rounds to steps as in a real run.
+_CHECK_STEPS_PER_EPOCH = 1000
+
+
+def run_optimizer(cfg: TrainConfig, steps_per_epoch: int, *,
+                  learning_rate: float | None = None) -> optax.GradientTransformation:
+  """The optimizer of a run of ``cfg`` with ``steps_per_epoch`` steps an epoch
+  (:func:`kdjax.optim.make_optimizer`): ``cfg.epochs · steps_per_epoch`` steps in all, the warm-up
+  ``round(cfg.warmup_epochs · steps_per_epoch)`` steps long, the gradient clipped to ``cfg.clip_norm``.
+  ``learning_rate`` replaces ``cfg.learning_rate`` (a sweep builds with 1 and scales each student's
+  updates by its own rate, :func:`kdjax.optim.scale_updates`)."""
+  return make_optimizer(cfg.optimizer, learning_rate=cfg.learning_rate if learning_rate is None else learning_rate,
+                        total_steps=cfg.epochs * steps_per_epoch, momentum=cfg.momentum,
+                        weight_decay=cfg.weight_decay, schedule=cfg.schedule, decay_epochs=cfg.decay_epochs,
+                        steps_per_epoch=steps_per_epoch, clip_norm=cfg.clip_norm,
+                        warmup_steps=round(cfg.warmup_epochs * steps_per_epoch))
 
 
 def study_method_hparams(cfg: StudyConfig) -> dict[str, Any]:

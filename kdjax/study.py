@@ -17,11 +17,15 @@ import re
 import statistics
 import time
 from pathlib import Path
+
+import numpy as np
 from typing import Any
 
 from kdjax.config import (StudyConfig, TrainConfig, override, study_method, study_method_hparams, to_dict,
                           validate_study)
 from kdjax.data import ArrayDataset, load_dataset
+from kdjax.health import (HealthThresholds, add_problem, is_healthy, judge_run, judge_teacher, majority_share,
+                          short)
 from kdjax.parallel import is_primary
 from kdjax.presets import PRESETS
 from kdjax.runs import check_models_fit_data, environment, subset_data  # re-exported, as before
@@ -60,14 +64,15 @@ class StudyResult:
 
 def run_study(cfg: StudyConfig, *, data: ArrayDataset | None = None, progress: bool = True,
               write: bool = True, checkpoint_every: int | None = None, resume: bool = False,
-              teacher_checkpoint: str | Path | None = None) -> StudyResult:
+              teacher_checkpoint: str | Path | None = None, include_unhealthy: bool = False) -> StudyResult:
   """Trains the teacher, the student alone (and its augmented control) and the distilled student
   over the seeds, and writes the table and results. ``checkpoint_every`` (steps; 0 = at epoch ends
   only) checkpoints every run under ``WORKDIR/NAME/checkpoints/ROLE_seedS``; ``resume`` continues
   each run from its newest checkpoint there (a finished run is restored, not trained again);
   ``teacher_checkpoint`` restores the teacher from a run's checkpoint folder instead of training
   it (its architecture is checked against ``cfg.teacher``). With several processes only process
-  0 prints and writes files."""
+  0 prints and writes files. Every run's health (:mod:`kdjax.health`, thresholds ``cfg.health``) is
+  kept with its numbers; the table leaves unhealthy runs out of its means unless ``include_unhealthy``."""
   validate_study(cfg)
   primary = is_primary()
   checkpoints = checkpoint_every is not None or resume
@@ -97,22 +102,26 @@ def run_study(cfg: StudyConfig, *, data: ArrayDataset | None = None, progress: b
                     checkpoint_every=checkpoint_every or 0, resume=resume)
     try:
       trained = train_fn(data, *args, seed=seed, log_path=log_path, progress=progress and primary,
-                         log_fields={"run": role, "seed": seed}, **kwargs)
+                         log_fields={"run": role, "seed": seed}, health=cfg.health, **kwargs)
     except NonFiniteLossError as e:
       if out_dir and primary:  # keep the last good state on disk before giving up
         saved = save_pytree(out_dir / f"{role}_seed{seed}_last_good.npz", e.state)
         e.args = (f"{e.args[0]}; saved to {saved}",)
       raise
-    runs[role].append({"seed": seed, **trained.test, "wall_s": round(trained.fit.wall_s, 2)})
+    runs[role].append({"seed": seed, **trained.test, "wall_s": round(trained.fit.wall_s, 2),
+                       "health": trained.health})
     if progress and primary:
       print(f"{ROLE_LABELS[role]:<32} seed {seed}: {trained.test['errors']:>5} test errors "
-            f"({100 * trained.test['accuracy']:.2f}%), {trained.fit.wall_s:.1f} s", flush=True)
+            f"({100 * trained.test['accuracy']:.2f}%), {trained.fit.wall_s:.1f} s"
+            + ("" if trained.health["ok"] else f"  [UNHEALTHY: {short(trained.health)}]"), flush=True)
     return trained
 
   if teacher_checkpoint is not None:
     teacher = restore_trained(teacher_checkpoint, cfg.teacher, data)
+    health = judge_run(teacher.fit.history, teacher.fit.initial, thresholds=cfg.health,
+                       majority=majority_share(np.asarray(data.test_labels).tolist()))
     runs["teacher"].append({"seed": cfg.seeds[0], **teacher.test, "wall_s": round(teacher.fit.wall_s, 2),
-                            "restored_from": str(teacher_checkpoint)})
+                            "restored_from": str(teacher_checkpoint), "health": health})
   else:
     teacher = run("teacher", cfg.seeds[0], train_teacher, cfg.teacher)
   if out_dir and primary:
@@ -123,14 +132,31 @@ def run_study(cfg: StudyConfig, *, data: ArrayDataset | None = None, progress: b
     if control:
       run("control", seed, train_student, control, desc=f"student+jitter {control.model} seed {seed}")
     run("distilled", seed, distill, cfg.distilled, teacher, method=method)
+  judge_study_teacher(runs, cfg.health)
   result = StudyResult(cfg, data.name, len(data.test_labels), runs, time.perf_counter() - t0,
                        env["device"], out_dir)
   if out_dir and primary:
     (out_dir / "results.json").write_text(json.dumps(
         {"config": to_dict(cfg), "method": {"name": cfg.method, "hparams": study_method_hparams(cfg)},
          "environment": env, "dataset": data.summary(), "runs": runs, "wall_s": round(result.wall_s, 1)}, indent=2))
-    (out_dir / "table.md").write_text(format_table(result) + "\n")
+    (out_dir / "table.md").write_text(format_table(result, include_unhealthy=include_unhealthy) + "\n")
   return result
+
+
+def judge_study_teacher(runs: dict[str, list[dict[str, Any]]], thresholds: HealthThresholds) -> None:
+  """Marks the teacher's record ``weak_teacher`` when it is no better than the healthy students
+  trained alone (:func:`kdjax.health.judge_teacher`)."""
+  alone = [r["accuracy"] for r in runs["student"] if is_healthy(r)]
+  for record in runs["teacher"]:
+    found = judge_teacher(record["accuracy"], alone, thresholds)
+    if found is not None:
+      record["health"] = add_problem(record.get("health"), found)
+
+
+def unhealthy_runs(result: StudyResult) -> list[tuple[str, dict[str, Any]]]:
+  """``(name, health)`` of every unhealthy run of a study, in the table's order."""
+  return [(f"{ROLE_LABELS[role]} seed {r['seed']}", r["health"]) for role in ROLES for r in result.runs[role]
+          if not is_healthy(r)]
 
 
 def add_experiment_args(parser, default_config: str = "hinton_mnist") -> None:
@@ -222,29 +248,47 @@ def method_label(cfg: StudyConfig) -> str:
   return f"method {cfg.method} ({shown or 'defaults'})"
 
 
-def format_table(result: StudyResult, extra: dict[str, dict[str, str]] | None = None) -> str:
-  """Markdown table, mean ± std over seeds; ``extra`` adds columns: {header: {role: text}}."""
+def format_table(result: StudyResult, extra: dict[str, dict[str, str]] | None = None, *,
+                 include_unhealthy: bool = False) -> str:
+  """Markdown table, mean ± std over the healthy seeds (all of them with ``include_unhealthy``),
+  with each row's health: ``ok``, or the unhealthy seeds and their problems
+  (:mod:`kdjax.health`); ``extra`` adds columns: {header: {role: text}}."""
   cfg = result.cfg
   extra = extra or {}
   lines = [
       f"{cfg.name} on {result.dataset} ({result.test_size} test images), {method_label(cfg)}, "
       f"seeds {','.join(map(str, cfg.seeds))}, {result.device}",
       "",
-      "| run | model | test errors | test accuracy (%) | runs | wall s / run |"
+      "| run | model | test errors | test accuracy (%) | runs | health | wall s / run |"
       + "".join(f" {h} |" for h in extra),
-      "|---|---|---|---|---|---|" + "---|" * len(extra),
+      "|---|---|---|---|---|---|---|" + "---|" * len(extra),
   ]
+  left_out = 0
   for role in ROLES:
-    recs = result.runs[role]
+    every = result.runs[role]
+    if not every:
+      continue
+    bad = [r for r in every if not is_healthy(r)]
+    recs = every if include_unhealthy else [r for r in every if is_healthy(r)]
+    left_out += len(every) - len(recs)
+    health = "ok" if not bad else "; ".join(f"seed {r['seed']} {short(r['health'])}" for r in bad)
     if not recs:
+      lines.append(f"| {ROLE_LABELS[role]} | {role_config(cfg, role).model} | not a result | not a result | "
+                   f"0 of {len(every)} | {health} | |" + "".join(f" {col.get(role, '')} |" for col in extra.values()))
       continue
     err_m, err_s = mean_std([r["errors"] for r in recs])
     acc_m, acc_s = mean_std([100 * r["accuracy"] for r in recs])
     wall = statistics.fmean(r["wall_s"] for r in recs)
     spread = (f" ± {err_s:.1f}", f" ± {acc_s:.2f}") if len(recs) > 1 else ("", "")
+    runs = f"{len(recs)}" if len(recs) == len(every) else f"{len(recs)} of {len(every)}"
     lines.append(f"| {ROLE_LABELS[role]} | {role_config(cfg, role).model} | {err_m:.1f}{spread[0]} | "
-                 f"{acc_m:.2f}{spread[1]} | {len(recs)} | {wall:.1f} |"
+                 f"{acc_m:.2f}{spread[1]} | {runs} | {health} | {wall:.1f} |"
                  + "".join(f" {col.get(role, '')} |" for col in extra.values()))
   lines.append("")
-  lines.append(f"mean ± sample std over runs; total wall time {result.wall_s:.0f} s")
+  note = f"mean ± sample std over runs; total wall time {result.wall_s:.0f} s"
+  if left_out:
+    note += f"; {left_out} unhealthy run(s) left out of the means (docs/health.md)"
+  elif include_unhealthy and any(not is_healthy(r) for recs in result.runs.values() for r in recs):
+    note += "; unhealthy runs kept in the means (include_unhealthy)"
+  lines.append(note)
   return "\n".join(lines)

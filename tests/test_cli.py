@@ -170,7 +170,8 @@ def test_cli_distills_with_any_registered_method(mnist, capsys, tmp_path):
   data_dir = _idx_dir(tmp_path / "mnist_tiny", tiny, 256)
   code = main(["distill", "--no-progress", "--workdir", str(tmp_path), "--seeds", "0", "--data", f"idx:{data_dir}",
                "--method", "dkd", "--set", "method.beta=4", "--set", "augmented_control=false",
-               "--set", "teacher.epochs=1", "--set", "student.epochs=1", "--set", "distilled.epochs=1"])
+               "--set", "teacher.epochs=1", "--set", "student.epochs=1", "--set", "distilled.epochs=1",
+               "--allow-unhealthy"])  # one epoch on 256 images: not a healthy teacher, and not the point here
   out = capsys.readouterr().out
   assert code == 0, out
   assert "method dkd (beta=4), seeds 0" in out and "T=20" not in out
@@ -188,7 +189,7 @@ def test_cli_distills_with_any_registered_method(mnist, capsys, tmp_path):
     (["--method", "ofa"], r"unknown method 'ofa'; known methods: ab, .*dkd, .*gkd, hinton, .*vid"),
     (["--method", "dkd", "--set", "method.foo=1"],
      r"config key 'method.foo': method 'dkd' has no hyperparameter 'foo'; its hyperparameters: alpha=1.0, beta=8.0, "
-     r"temperature=4.0, ce_weight=1.0, warmup_steps=0, standardize=False"),
+     r"temperature=4.0, ce_weight=1.0, warmup_epochs=None, standardize=False"),
     (["--set", "method.beta=4"], r"method 'hinton' has no hyperparameter 'beta'; its hyperparameters: alpha="),
     (["--method", "dkd", "--set", "method.beta=big"], r"config key 'method.beta': expected a number, got 'big'"),
     (["--method", "gkd", "--set", "method.beta=1"], r"strictly between 0 and 1"),
@@ -199,6 +200,11 @@ def test_cli_distills_with_any_registered_method(mnist, capsys, tmp_path):
     # traced on shapes before the teacher trains: a feature the student lacks, inputs the data lacks
     (["--method", "fitnet", "--set", "method.student_layer=conv1"], r"unknown feature 'conv1' for the student"),
     (["--method", "domain_kd"], r"domain_kd needs unlabelled target-domain images"),
+    # a schedule in epochs longer than the run: found when the step is traced, before the teacher trains
+    (["--method", "dkd", "--set", "method.warmup_epochs=30"],
+     r"dkd: warmup_epochs=30 is longer than the run \(10 epochs\)"),
+    (["--set", "distilled.warmup_epochs=10"], r"distilled.warmup_epochs 10 is not shorter than its 10 epochs"),
+    (["--set", "health.top_class_share=2"], r"health.top_class_share must lie in \(0, 1\]"),
 ])
 def test_cli_bad_method_fails_before_training(argv, message, capsys, tmp_path):
   code = main(["distill", "--no-progress", "--workdir", str(tmp_path), *argv])

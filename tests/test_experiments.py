@@ -79,7 +79,7 @@ def test_compare_variants_writes_a_report_with_both_accuracies(tmp_path, capsys)
                                   "--workdir", str(tmp_path)])
   report = (tmp_path / "compare_variants" / "report.md").read_text()
   assert "## Last-epoch test accuracy" in report and "## Best-epoch test accuracy" in report
-  assert "| method=dkd temperature=4 method.warmup_steps=2 | 2 |" in report
+  assert "| method=dkd temperature=4 |" in report
   assert (tmp_path / "compare_variants" / "accuracy_vs_temperature.png").stat().st_size > 5000
   assert "6 runs trained, 0 found finished" in capsys.readouterr().out  # (1 + 2 variants) x 2 seeds
 

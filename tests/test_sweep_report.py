@@ -13,7 +13,13 @@ import pytest
 from kdjax.stats import betainc, paired_difference, t_cdf, t_quantile
 from kdjax.sweep.plots import plot_against, plot_curves, plot_final
 from kdjax.sweep.report import format_markdown, summarize, write_csv, write_report
-from kdjax.sweep.store import append_record, best_and_final, finished_ids, load_records, run_id
+from kdjax.sweep.store import (
+  append_record,
+  best_and_final,
+  finished_ids,
+  load_records,
+  run_id,
+)
 
 TEST_SIZE = 10_000
 
@@ -261,7 +267,7 @@ def test_write_report(tmp_path):
                        sweep_keys=["method", "temperature", "seed"])
   assert set(paths) == {"report", "csv_final", "csv_best", "curves", "accuracy_final", "accuracy_best",
                         "vs_temperature"}
-  for name, p in paths.items():
+  for p in paths.values():
     if p.suffix == ".png":
       assert_png(p)
   md = paths["report"].read_text()

@@ -60,6 +60,10 @@ class Method:
       attacks the student, see :mod:`kdjax.methods.adversarial`), else ``None``.
     head_logits: ``(params, student_feats, mask=None) -> {name: logits}``, shallow classifiers
       evaluated as early exits (BYOT's, :mod:`kdjax.train.heads`), else ``None``.
+    main_stage: ``(epochs) -> float``, for a staged method, the epochs done when its last
+      objective starts in a run of ``epochs`` (its earlier stages minimise another loss, so the
+      training loss jumps there by design; :func:`kdjax.health.judge_run` judges divergence from
+      the first epoch after it); ``None``: one objective throughout.
   """
 
   loss: Callable[..., tuple]
@@ -69,6 +73,7 @@ class Method:
   init_state: Callable | None = None
   adversary: Any = None
   head_logits: Callable | None = None
+  main_stage: Callable[[int], float] | None = None
 
   def __call__(self, *args):
     return self.loss(*args)
@@ -81,7 +86,7 @@ def as_method(fn: Callable, needs_teacher: bool, multi_teacher: bool = False, **
   """``Method(fn, needs_teacher, multi_teacher, **fields)``: ``fn`` as a method;
   ``needs_teacher`` makes the step insist on a teacher, ``multi_teacher`` says it takes a dict of
   teachers, ``fields`` are the other :class:`Method` fields (``init``, ``init_state``,
-  ``adversary``, ``head_logits``)."""
+  ``adversary``, ``head_logits``, ``main_stage``)."""
   if isinstance(fn, Method):
     raise TypeError("as_method: this is already a Method; change it with dataclasses.replace")
   try:

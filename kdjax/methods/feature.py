@@ -16,7 +16,7 @@ from kdjax.losses.feature import common_spatial_size, match_spatial
 from kdjax.methods.base import Method, as_method, pick_feature
 from kdjax.methods.connectors import (batch_norm, batch_norm_init, conv, conv_init, conv_transpose, dense, dense_init,
                                        embed, normal_draws)
-from kdjax.methods.schedule import check_epochs, in_init_stage, init_length
+from kdjax.methods.schedule import check_epochs, in_init_stage, init_length, init_stage_end
 
 
 def _layers(term: str, layers) -> tuple[str, ...]:
@@ -389,15 +389,10 @@ def factor_transfer(*, layers=("block2",), weight: float = 200.0, rate: float = 
   lr 0.01 for ResNet and WRN students, no schedule); here both stages share the
   run's optimizer and schedule.
 
-  ``init_epochs``: ``None`` (default) is RepDistiller's 30-epoch init stage, or its share of
-  the run where the run is shorter than RepDistiller's 270 epochs (30 init + 240 main),
-  ``min(30, epochs / 9)``; ``N > 0`` is N epochs (``N >=`` the run's epochs is a ValueError when
-  the step is traced: no main stage would be left; the fix is ``--set method.init_epochs=N``);
-  ``0`` trains in one stage, jointly (kdjax's form; RepDistiller has none). Any init stage needs
-  the run's length: the step must be built with ``steps_per_epoch`` and ``epochs``
-  (``make_train_step(..., steps_per_epoch=, epochs=)``; ``distill``, ``train_student`` and sweeps
-  do), else the step fails with a ValueError saying so. Stage boundaries fall on steps:
-  ``batch["epoch"] < init`` is the init stage.
+  ``init_epochs``: the init stage's length, shared by AB, FSP and FT (see the note above
+  ``_staged``): ``None`` (default) is RepDistiller's ``min(30, epochs / 9)``, ``N > 0`` N epochs
+  (fewer than the run's), ``0`` one joint stage. Health judges divergence from the main stage on
+  (``Method.main_stage``).
 
   Defaults: β=200, k=0.5, p=2, the last stage (``feat[-2]``: ``block2`` on a two-stage model,
   pass ``("block3",)`` on a three-stage CIFAR ResNet), recon weight 1 (the init stage's plain
@@ -437,7 +432,7 @@ def factor_transfer(*, layers=("block2",), weight: float = 200.0, rate: float = 
       return ce_weight * ce + weight * ft + recon_weight * recon, terms
     return jnp.where(in_init_stage(batch, init), recon_weight * recon, ce_weight * ce + weight * ft), terms
 
-  return as_method(method, needs_teacher=True, init=_jitted_init(init))
+  return as_method(method, needs_teacher=True, init=_jitted_init(init), main_stage=init_stage_end("FT", init_epochs))
 
 
 def activation_boundary(*, layers=("block1", "block2"), weight: float = 1.0, margin: float = 1.0,
@@ -467,15 +462,10 @@ def activation_boundary(*, layers=("block1", "block2"), weight: float = 1.0, mar
   student's batch-norm statistics in inference mode; here both stages share the
   run's optimizer and schedule.
 
-  ``init_epochs``: ``None`` (default) is RepDistiller's 30-epoch init stage, or its share of
-  the run where the run is shorter than RepDistiller's 270 epochs (30 init + 240 main),
-  ``min(30, epochs / 9)``; ``N > 0`` is N epochs (``N >=`` the run's epochs is a ValueError when
-  the step is traced: no main stage would be left; the fix is ``--set method.init_epochs=N``);
-  ``0`` trains in one stage, jointly (kdjax's form; RepDistiller has none). Any init stage needs
-  the run's length: the step must be built with ``steps_per_epoch`` and ``epochs``
-  (``make_train_step(..., steps_per_epoch=, epochs=)``; ``distill``, ``train_student`` and sweeps
-  do), else the step fails with a ValueError saying so. Stage boundaries fall on steps:
-  ``batch["epoch"] < init`` is the init stage.
+  ``init_epochs``: the init stage's length, shared by AB, FSP and FT (see the note above
+  ``_staged``): ``None`` (default) is RepDistiller's ``min(30, epochs / 9)``, ``N > 0`` N epochs
+  (fewer than the run's), ``0`` one joint stage. Health judges divergence from the main stage on
+  (``Method.main_stage``).
 
   RepDistiller compares pre-activations (``preact=True``); kdjax models expose
   post-ReLU features. The teacher's side of each boundary (``t > 0``) is the same
@@ -510,7 +500,7 @@ def activation_boundary(*, layers=("block1", "block2"), weight: float = 1.0, mar
     loss = _staged("AB", ce, ab, batch, init_epochs=init_epochs, weight=weight, ce_weight=ce_weight)
     return loss, {"ce": ce, "ab": ab}
 
-  return as_method(method, needs_teacher=True, init=_jitted_init(init))
+  return as_method(method, needs_teacher=True, init=_jitted_init(init), main_stage=init_stage_end("AB", init_epochs))
 
 
 def _check_fsp_shapes(layers, student, teacher) -> None:
@@ -552,15 +542,10 @@ def fsp(*, layers=("block1", "block2"), weight: float = 1.0, init_epochs: float 
   unused β=50 is one choice). Logs ``ce`` and ``fsp`` either way. RepDistiller's
   init stage has its own optimizer (no schedule); here both stages share the run's.
 
-  ``init_epochs``: ``None`` (default) is RepDistiller's 30-epoch init stage, or its share of
-  the run where the run is shorter than RepDistiller's 270 epochs (30 init + 240 main),
-  ``min(30, epochs / 9)``; ``N > 0`` is N epochs (``N >=`` the run's epochs is a ValueError when
-  the step is traced: no main stage would be left; the fix is ``--set method.init_epochs=N``);
-  ``0`` trains in one stage, jointly (kdjax's form; RepDistiller has none). Any init stage needs
-  the run's length: the step must be built with ``steps_per_epoch`` and ``epochs``
-  (``make_train_step(..., steps_per_epoch=, epochs=)``; ``distill``, ``train_student`` and sweeps
-  do), else the step fails with a ValueError saying so. Stage boundaries fall on steps:
-  ``batch["epoch"] < init`` is the init stage.
+  ``init_epochs``: the init stage's length, shared by AB, FSP and FT (see the note above
+  ``_staged``): ``None`` (default) is RepDistiller's ``min(30, epochs / 9)``, ``N > 0`` N epochs
+  (fewer than the run's), ``0`` one joint stage. Health judges divergence from the main stage on
+  (``Method.main_stage``).
 
   RepDistiller relates the stem and every stage (``feat[:-1]``); kdjax's two-stage CNNs have no
   stem tap, so the default relates their two stages; on a CIFAR ResNet pass e.g.
@@ -586,5 +571,5 @@ def fsp(*, layers=("block1", "block2"), weight: float = 1.0, init_epochs: float 
     loss = _staged("FSP", ce, term, batch, init_epochs=init_epochs, weight=weight, ce_weight=ce_weight)
     return loss, {"ce": ce, "fsp": term}
 
-  return as_method(method, needs_teacher=True, init=init)
+  return as_method(method, needs_teacher=True, init=init, main_stage=init_stage_end("FSP", init_epochs))
 

@@ -87,3 +87,8 @@ def init_length(method: str, init_epochs: float | None, batch) -> float:
 def in_init_stage(batch, init: float):
   """Whether this step is in the init stage (``batch["epoch"] < init``), a traced bool."""
   return batch["epoch"] < init
+
+
+def init_stage_end(method: str, init_epochs: float | None):
+  """A two-stage method's :attr:`~kdjax.methods.Method.main_stage`: ``epochs -> init_length``."""
+  return lambda epochs: init_length(method, init_epochs, {"epoch": 0.0, "epochs": int(epochs)})

@@ -3,13 +3,17 @@ accuracy and config values, and the names of the two accuracies reported. Shared
 (:mod:`kdjax.sweep.report`) and the plots (:mod:`kdjax.sweep.plots`).
 
 A (variant, seed) recorded twice counts once, with its last record: a re-run replaces the earlier
-result.
+result. A run's health (:mod:`kdjax.health`) decides whether it counts in means, paired differences
+and plots: :func:`healthy_runs` keeps the healthy ones (all, when asked), a record judged before
+verdicts existed counts as healthy.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
+
+from kdjax.health import is_healthy, short
 
 METRICS = ("final", "best")
 METRIC_SHORT_LABELS = {"final": "last-epoch test accuracy", "best": "best-epoch test accuracy (chosen on test set)"}
@@ -27,6 +31,27 @@ def by_variant(records: Iterable[dict[str, Any]]) -> dict[str, dict[Any, dict[st
   for r in records:
     groups.setdefault(r["variant"], {})[r["seed"]] = r
   return groups
+
+
+def healthy_runs(runs: Mapping[Any, dict[str, Any]], include_unhealthy: bool = False) -> dict[Any, dict[str, Any]]:
+  """The runs (``{seed: record}``, order kept) that count in means and comparisons: the healthy ones
+  (:func:`kdjax.health.is_healthy`), or all of them with ``include_unhealthy``."""
+  return dict(runs) if include_unhealthy else {s: r for s, r in runs.items() if is_healthy(r)}
+
+
+def unhealthy_runs(runs: Mapping[Any, dict[str, Any]]) -> dict[Any, dict[str, Any]]:
+  """The unhealthy runs of ``{seed: record}``, order kept."""
+  return {s: r for s, r in runs.items() if not is_healthy(r)}
+
+
+def health_text(record: dict[str, Any]) -> str:
+  """A run's verdict for a table's cell: ``"ok"`` or its problems' labels (:func:`kdjax.health.short`)."""
+  return short(record.get("health"))
+
+
+def count_label(n: int, left_out: int) -> str:
+  """``"(n=2)"``, or ``"(n=2, 1 unhealthy left out)"`` when unhealthy runs were left out: for plot labels."""
+  return f"(n={n}, {left_out} unhealthy left out)" if left_out else f"(n={n})"
 
 
 def accuracy_pct(record: dict[str, Any], metric: str = "final") -> float:

@@ -10,6 +10,7 @@ run that distills from them.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import time
 from pathlib import Path
@@ -23,11 +24,12 @@ from kdjax.sweep.grid import Run, expand, group_runs, parse_grid
 from kdjax.sweep.report import write_report
 from kdjax.sweep.store import append_record, best_and_final, finished_ids, load_records, run_id
 from kdjax.sweep.train import check_group, train_group
-from kdjax.train import TrainedModel, train_teacher
+from kdjax.health import is_healthy, short
+from kdjax.train import TrainedModel, check_run, train_teacher, untrained
 
 # Study fields that do not change what a run computes: left out of a run's identity. (A run's method and
 # hyperparameters are its own fields, "method" and "hparams"; a sweep's study config keeps the default ones.)
-_NOT_IN_IDENTITY = ("name", "workdir", "seeds", "student", "augmented_control", "method", "method_hparams")
+_NOT_IN_IDENTITY = ("name", "workdir", "seeds", "student", "augmented_control", "method", "method_hparams", "health")
 
 
 @dataclasses.dataclass
@@ -38,6 +40,13 @@ class SweepResult:
   skipped: int  # runs found finished in the store
   reports: dict[str, Path]
   wall_s: float
+
+  def unhealthy(self) -> list[tuple[str, dict[str, Any]]]:
+    """``(name, health)`` of every unhealthy run of the sweep (kdjax.health), in the store's order."""
+    runs = [(f"{r['variant']} seed {r['seed']}", r["health"]) for r in self.records if not is_healthy(r)]
+    teachers = {json.dumps(r["config"]["study"]["teacher"], sort_keys=True): r["teacher_health"] for r in self.records
+                if r.get("teacher_health") and not r["teacher_health"].get("ok", True)}
+    return [(f"teacher {json.loads(k)['model']}", h) for k, h in teachers.items()] + runs
 
 
 def run_config(run: Run, *, data_seed: int, teacher_seed: int, subset: int | None) -> dict[str, Any]:
@@ -66,12 +75,17 @@ def _json_safe(value):
 
 def run_sweep(base: StudyConfig, grid_items: list[str], *, out_dir: str | Path, max_parallel: int | None = None,
               data: ArrayDataset | None = None, subset: int | None = None, data_seed: int = 0, teacher_seed: int = 0,
-              baseline: str | None = None, progress: bool = True) -> SweepResult:
+              baseline: str | None = None, progress: bool = True, include_unhealthy: bool = False) -> SweepResult:
   """Runs every run of the grid ``grid_items`` over the preset ``base`` (see
   :mod:`kdjax.sweep.grid` for the keys); runs differing only in seed and scalar hyperparameters
   train together, at most ``max_parallel`` at once. Writes ``results.jsonl``, ``report.md``, CSV
   tables and plots under ``out_dir``. ``baseline`` is the variant the paired comparison is
-  against (default: ``method=supervised`` when the grid has it, else the first variant)."""
+  against (default: ``method=supervised`` when the grid has it, else the first variant).
+
+  Each run's health (:mod:`kdjax.health`, thresholds ``base.health``) is stored with it; the
+  report leaves unhealthy runs out of its means and comparisons unless ``include_unhealthy``.
+  Every distinct run is traced on shapes before the first one trains (:func:`kdjax.train.check_run`),
+  so a run that cannot train fails before any does."""
   grid = parse_grid(grid_items, base)
   runs = expand(grid, base)
   for r in runs:  # before any training: sweeps do not take these switches yet
@@ -89,6 +103,12 @@ def run_sweep(base: StudyConfig, grid_items: list[str], *, out_dir: str | Path, 
   for cfg in dict.fromkeys(r.cfg for r in runs):  # every teacher and student of the grid takes this data
     check_models_fit_data(cfg, data)
     refuse_compression(cfg.distilled, "sweeps")
+  for r in {(r.method, r.hparams, r.cfg.distilled, r.cfg.teacher): r for r in runs}.values():
+    method = make_method(r.method, **dict(r.hparams))
+    try:
+      check_run(data, r.cfg.distilled, method, untrained(data, r.cfg.teacher) if method.needs_teacher else None)
+    except ValueError as e:
+      raise ValueError(f"run {r.variant!r}: {e}") from None
   out_dir = Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
   store = out_dir / "results.jsonl"
@@ -113,21 +133,25 @@ def run_sweep(base: StudyConfig, grid_items: list[str], *, out_dir: str | Path, 
                                                     desc=f"teacher {first.cfg.teacher.model}")
       teacher = teachers[first.cfg.teacher]
     results = train_group(data, group, teacher, data_seed=data_seed, progress=progress,
-                          desc=f"group {i}/{len(groups)}: {first.method} x{len(group)}")
+                          desc=f"group {i}/{len(groups)}: {first.method} x{len(group)}", health=base.health)
     for run, res in zip(group, results):
       best, final = best_and_final(res["history"])
       append_record(store, _json_safe({"run_id": ids[id(run)], "variant": run.variant, "seed": run.seed,
                             "config": configs[id(run)],
                             "history": res["history"], "final": final, "best": best, "wall_s": round(res["wall_s"], 3),
-                            "skipped_steps": res["skipped_steps"], "group_size": len(group),
-                            "teacher": teacher.test if teacher is not None else None, "dataset": data.name,
+                            "skipped_steps": res["skipped_steps"], "health": res["health"],
+                            "initial": res["initial"], "group_size": len(group),
+                            "teacher": teacher.test if teacher is not None else None,
+                            "teacher_health": teacher.health if teacher is not None else None, "dataset": data.name,
                             "kdjax": env["kdjax"], "jax": env["jax"], "device": env["device"], "date": env["date"]}))
     if progress:
       print(f"group {i}/{len(groups)} ({first.method}, {len(group)} runs): "
             + ", ".join(f"{r.variant} seed {r.seed}: {res['history'][-1]['test_errors']} errors"
+                        + ("" if res["health"]["ok"] else f" [UNHEALTHY: {short(res['health'])}]")
                         for r, res in zip(group, results)), flush=True)
   # This grid's runs, labelled as this grid names them (a resumed sweep may list its keys in another order).
   label = {ids[id(r)]: r.variant for r in runs}
   records = [{**r, "variant": label[r["run_id"]]} for r in load_records(store) if r["run_id"] in label]
-  reports = write_report(records, out_dir, baseline=baseline, sweep_keys=list(grid))
+  reports = write_report(records, out_dir, baseline=baseline, sweep_keys=list(grid),
+                         include_unhealthy=include_unhealthy)
   return SweepResult(out_dir, records, len(todo), len(runs) - len(todo), reports, time.perf_counter() - t0)

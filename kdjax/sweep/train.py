@@ -18,9 +18,11 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from kdjax.config import refuse_compression
+from kdjax.config import refuse_compression, run_optimizer
 from kdjax.data.dataset import ArrayDataset
+from kdjax.health import HealthThresholds, judge_run, majority_share
 from kdjax.methods import init_method, make_method, vmapped_hparams
 from kdjax.models import create_model, feature_shapes, split_model
 from kdjax.sweep.grid import Run
@@ -29,7 +31,7 @@ from kdjax.train.cohort import check_cohort_teacher, make_cohort_step, stack_sta
 from kdjax.train.inputs import run_keys
 from kdjax.train.loop import fit, steps_per_epoch
 from kdjax.train.online import evaluate_online, make_online_eval_step
-from kdjax.train.state import init_train_state, make_optimizer
+from kdjax.train.state import init_train_state
 
 
 def check_group(runs: Sequence[Run]) -> None:
@@ -88,10 +90,25 @@ def group_hparams(runs: Sequence[Run]) -> dict[str, jax.Array]:
   return hp
 
 
+def _student_initial(initial: dict[str, Any], k: int) -> dict[str, Any]:
+  """Student ``k``'s part of a cohort's ``FitResult.initial``: its test metrics before the first
+  step, and its loss and gradient norm at the first step."""
+  out = {name: initial[f"test_{name}/{k}"] for name in ("accuracy", "errors", "loss")
+         if f"test_{name}/{k}" in initial}
+  out = {f"test_{name}": v for name, v in out.items()}
+  for name in ("loss", "grad_norm"):
+    if f"train_{name}/students" in initial:
+      out[f"train_{name}"] = initial[f"train_{name}/students"][k]
+  return out
+
+
 def train_group(data: ArrayDataset, runs: Sequence[Run], teacher: TrainedModel | None, *, data_seed: int = 0,
-                keep_states: bool = False, progress: bool = True, desc: str = "sweep") -> list[dict[str, Any]]:
+                keep_states: bool = False, progress: bool = True, desc: str = "sweep",
+                health: HealthThresholds | None = None) -> list[dict[str, Any]]:
   """Trains ``runs`` (one group, see :func:`kdjax.sweep.grid.group_runs`) together; returns one
-  result per run, in order: ``{"history": [per-epoch dicts], "wall_s", "skipped_steps"}``
+  result per run, in order: ``{"history": [per-epoch dicts], "wall_s", "skipped_steps", "initial",
+  "health"}`` (``initial``: its test metrics before the first step and the first step's loss and
+  gradient norm; ``health``: :func:`kdjax.health.judge_run`'s verdict, with ``health`` thresholds)
   (and with ``keep_states``, ``"state"``: the run's own final :class:`~kdjax.train.state.TrainState`), where
   ``wall_s`` is the group's wall time divided by its size (each run's share)."""
   check_group(runs)
@@ -102,9 +119,7 @@ def train_group(data: ArrayDataset, runs: Sequence[Run], teacher: TrainedModel |
   k_students = len(runs)
   per_epoch = steps_per_epoch(len(data.train_labels), cfg.batch_size)
   # Learning rate 1: each student scales its update by its own rate (SGD's and AdamW's updates are linear in it).
-  tx = make_optimizer(cfg.optimizer, learning_rate=1.0, total_steps=cfg.epochs * per_epoch, momentum=cfg.momentum,
-                      weight_decay=cfg.weight_decay, schedule=cfg.schedule, decay_epochs=cfg.decay_epochs,
-                      steps_per_epoch=per_epoch)
+  tx = run_optimizer(cfg, per_epoch, learning_rate=1.0)
   t_graphdef = teacher.graphdef if teacher is not None else None
   t_shapes = feature_shapes(teacher.graphdef, teacher.params, teacher.rest, data.image_shape) if teacher else {}
   graphdef, state = init_group(runs, tx, data.num_classes, data.image_shape, t_shapes, len(data.train_labels),
@@ -118,14 +133,21 @@ def train_group(data: ArrayDataset, runs: Sequence[Run], teacher: TrainedModel |
                teacher_vars=teacher.variables if teacher is not None else None, seed=data_seed, desc=desc,
                progress=progress, evaluate_fn=lambda s, x, y: evaluate_online(eval_step, s.params, s.rest, x, y))
   wall = time.perf_counter() - t0
+  majority = majority_share(np.asarray(data.test_labels).tolist())
   out = []
   for k in range(k_students):
     history = [{"epoch": rec["epoch"], "test_accuracy": rec[f"test_accuracy/{k}"], "test_errors": rec[f"test_errors/{k}"],
-                "test_loss": rec[f"test_loss/{k}"], "train_loss": rec["train_loss/students"][k],
-                "train_accuracy": rec["train_accuracy/students"][k],
+                "test_loss": rec[f"test_loss/{k}"], "test_top_class_share": rec[f"test_top_class_share/{k}"],
+                "train_loss": rec["train_loss/students"][k], "train_accuracy": rec["train_accuracy/students"][k],
+                "train_grad_norm": rec["train_grad_norm/students"][k],
                 "skipped_steps": round(rec["train_skipped/students"][k] * per_epoch)} for rec in result.history]
-    out.append({"history": history, "wall_s": wall / k_students,
-                "skipped_steps": sum(h["skipped_steps"] for h in history)})
+    initial = _student_initial(result.initial, k)
+    skipped = sum(h["skipped_steps"] for h in history)
+    stage = make_method(runs[k].method, **dict(runs[k].hparams)).main_stage
+    out.append({"history": history, "wall_s": wall / k_students, "skipped_steps": skipped, "initial": initial,
+                "health": judge_run(history, initial, majority=majority, skipped_steps=skipped,
+                                    thresholds=HealthThresholds() if health is None else health,
+                                    main_stage=0.0 if stage is None else stage(cfg.epochs))})
     if keep_states:
       out[-1]["state"] = jax.tree.map(lambda a: a[k], result.state)
   return out

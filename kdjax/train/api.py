@@ -11,16 +11,18 @@ import jax
 import numpy as np
 
 from kdjax.compress import fake_quantize, pruning
-from kdjax.config import TrainConfig, check_compression, check_teacher_cache
+from kdjax.config import TrainConfig, check_compression, check_teacher_cache, run_optimizer
 from kdjax.data.dataset import ArrayDataset
 from kdjax.data.text import check_saved_vocab, save_vocab, vocab_fingerprint
+from kdjax.health import HealthThresholds, judge_run, majority_share
 from kdjax.methods import Method, hinton_kd, init_method, multi_teacher_kd, supervised
 from kdjax.models import create_model, feature_shapes, split_model
 from kdjax.train.checkpoint import Checkpointing, restore_run
 from kdjax.train.evaluation import make_eval_step
+from kdjax.train.hooks import judge_health
 from kdjax.train.inputs import run_keys
 from kdjax.train.loop import FitResult, fit, steps_per_epoch
-from kdjax.train.state import init_train_state, make_optimizer
+from kdjax.train.state import init_train_state
 from kdjax.train.step import make_train_step
 from kdjax.train.teacher_cache import cached_teacher_outputs
 from kdjax.train.teachers import teacher_variables
@@ -40,6 +42,7 @@ class TrainedModel:
   method_params: Any = None  # the distillation method's learnable parts after training, if any
   ema: Any = None  # a mean-teacher run's moving average of the student, {"params", "rest"}
   vocabulary: str | None = None  # text models: the fingerprint of the vocabulary its token ids index
+  health: dict[str, Any] | None = None  # kdjax.health.judge_run's verdict on its training (None: not judged)
 
   @property
   def variables(self) -> dict[str, Any]:
@@ -74,9 +77,7 @@ def _initial_state(data: ArrayDataset, cfg: TrainConfig, method: Method, *, seed
                        **model_options(cfg, data))
   graphdef, params, rest = split_model(model)
   per_epoch = steps_per_epoch(len(data.train_labels), cfg.batch_size)
-  tx = make_optimizer(cfg.optimizer, learning_rate=cfg.learning_rate, total_steps=cfg.epochs * per_epoch,
-                      momentum=cfg.momentum, weight_decay=cfg.weight_decay, schedule=cfg.schedule,
-                      decay_epochs=cfg.decay_epochs, steps_per_epoch=per_epoch)
+  tx = run_optimizer(cfg, per_epoch)
   check_compression(cfg)
   if cfg.fake_quant:  # a layer the quantizer does not know is an error now, not at the first step
     jax.eval_shape(fake_quantize, params)
@@ -183,10 +184,12 @@ def _train(data: ArrayDataset, cfg: TrainConfig, method: Method, *, seed: int, d
            teacher: Teachers = None, ema_decay: float | None = None, log_path: str | Path | None = None,
            log_fields: dict[str, Any] | None = None, progress: bool = True,
            checkpoint_dir: str | Path | None = None, checkpoint_every: int = 0, resume: bool = False,
-           mesh=None, data_seed: int | None = None) -> TrainedModel:
+           mesh=None, data_seed: int | None = None, health: HealthThresholds | None = None) -> TrainedModel:
   graphdef, state, train_step, t_graphdef, t_vars = _setup(data, cfg, method, teacher, seed=seed,
                                                            ema_decay=ema_decay, data_seed=data_seed)
   cached = cfg.teacher_cache != "off"
+  majority = majority_share(np.asarray(data.test_labels).tolist())
+  main_stage = 0.0 if method.main_stage is None else float(method.main_stage(cfg.epochs))
   teacher_cache = None
   if cached:  # offline KD: the teacher's outputs on the training images, once
     teacher_cache = cached_teacher_outputs(
@@ -205,10 +208,13 @@ def _train(data: ArrayDataset, cfg: TrainConfig, method: Method, *, seed: int, d
                batch_size=cfg.batch_size, teacher_vars=t_vars, seed=seed if data_seed is None else data_seed,
                desc=desc, log_path=log_path,
                log_fields=log_fields, progress=progress, steps_per_call=cfg.steps_per_call,
-               teacher_cache=teacher_cache, mesh=mesh, checkpointing=checkpointing)
+               teacher_cache=teacher_cache, mesh=mesh, checkpointing=checkpointing,
+               hooks=[judge_health(majority, health, main_stage)])
+  verdict = judge_run(result.history, result.initial, majority=majority, main_stage=main_stage,
+                      thresholds=HealthThresholds() if health is None else health)
   return TrainedModel(cfg.model, data.num_classes, data.image_shape, graphdef,
                       result.state.params, result.state.rest, result, result.state.method_params,
-                      result.state.ema, _vocabulary(data))
+                      result.state.ema, _vocabulary(data), verdict)
 
 
 def restore_trained(checkpoint_dir: str | Path, cfg: TrainConfig, data: ArrayDataset, *,

@@ -37,11 +37,13 @@ import json
 import math
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, NamedTuple
 
 import numpy as np
 from tqdm.auto import tqdm
 
+from kdjax.health import HealthThresholds, judge_run
 from kdjax.train.checkpoint import Checkpointing, save_run
 from kdjax.train.state import TrainState
 
@@ -72,6 +74,7 @@ class EpochEnd(NamedTuple):
   record: Mapping[str, Any]  # read-only: add fields by returning them
   state: TrainState
   history: tuple[Mapping[str, Any], ...]  # the records of the epochs before
+  initial: Mapping[str, Any] = MappingProxyType({})  # test_* before the first step, train_* of the first step
 
 
 class SavePoint(NamedTuple):
@@ -83,6 +86,7 @@ class SavePoint(NamedTuple):
   sums: dict[str, np.ndarray]  # the epoch's metric sums so far; empty at an epoch's end
   wall_s: float  # training time so far, over every resumed part of the run
   record: Mapping[str, Any] | None  # the epoch's record at its end; None mid-epoch
+  initial: dict[str, Any]  # test_* before the first step, train_* of the first step (FitResult.initial)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,7 +129,8 @@ def save_checkpoints(checkpointing: Checkpointing, **position: int) -> Hook:
   def save(point: SavePoint) -> None:
     save_run(checkpointing, point.step, point.state, {
         "step": point.step, "history": point.history,
-        "sums": {k: np.asarray(v).tolist() for k, v in point.sums.items()}, "wall_s": point.wall_s, **position})
+        "sums": {k: np.asarray(v).tolist() for k, v in point.sums.items()}, "wall_s": point.wall_s,
+        "initial": point.initial, **position})
 
   return Hook(on_save_point=save, every_steps=checkpointing.every_steps)
 
@@ -140,6 +145,20 @@ def jsonl_log(path: str | Path) -> Hook:
       log_file.flush()
 
   return Hook(on_save_point=write, close=log_file.close)
+
+
+def judge_health(majority: float, thresholds: HealthThresholds | None = None, main_stage: float = 0.0) -> Hook:
+  """Adds ``"health"`` to each epoch's record: the problems (:func:`kdjax.health.judge_run`'s kinds)
+  of the run so far, ``[]`` while it is healthy; ``majority`` is the commonest test class's share,
+  ``main_stage`` a staged method's (:attr:`kdjax.methods.Method.main_stage` for this run)."""
+  thresholds = HealthThresholds() if thresholds is None else thresholds
+
+  def judge(end: EpochEnd) -> dict[str, Any]:
+    health = judge_run([*end.history, end.record], end.initial, majority=majority, thresholds=thresholds,
+                       main_stage=main_stage)
+    return {"health": [p["kind"] for p in health["problems"]]}
+
+  return Hook(on_epoch=judge)
 
 
 def progress_bar(desc: str, *, total: int, initial: int, enabled: bool) -> Hook:

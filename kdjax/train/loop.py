@@ -40,6 +40,9 @@ class FitResult:
   history: list[dict[str, Any]]  # one record per epoch
   test: dict[str, float]  # final test metrics
   wall_s: float
+  # Before training: test_* metrics of the initial state, and train_* metrics of the first step (the
+  # levels a health verdict compares with, kdjax.health); empty where the run was not started by fit.
+  initial: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 def _plain(value: np.ndarray):
@@ -86,6 +89,7 @@ class _Start(NamedTuple):
   history: list[dict[str, Any]]
   sums: dict[str, np.ndarray]  # the partial epoch's metric sums
   wall_s: float
+  initial: dict[str, Any]  # FitResult.initial, as far as the run has come
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -110,6 +114,7 @@ class _Run:
   hooks: tuple[Hook, ...]
   log_fields: Mapping[str, Any]
   elapsed: Callable[[], float]  # training seconds so far, over every resumed part
+  initial: dict[str, Any]  # filled in as the run starts (FitResult.initial)
 
 
 def fit(state: TrainState, train_step: Callable, eval_step: Callable | None, data: ArrayDataset, *,
@@ -147,6 +152,8 @@ def fit(state: TrainState, train_step: Callable, eval_step: Callable | None, dat
   ``evaluate_fn(state, test_images, test_labels) -> dict`` replaces the default evaluation
   (``eval_step`` on ``state.params`` and ``state.rest``), e.g. for stacked students; the dict
   holds ``"accuracy"``, ``"errors"`` and ``"loss"`` and may add more (logged as ``test_<key>``).
+  A run started at step 0 is evaluated once before its first step; that and the first step's
+  metrics are the result's ``initial`` (kept in checkpoints), what its health is judged against.
 
   ``hooks`` (:class:`kdjax.train.hooks.Hook`) see each call's metrics, each epoch's record (and
   may add fields to it) and the state, after the built-in ones; any may stop training by raising.
@@ -164,11 +171,14 @@ def fit(state: TrainState, train_step: Callable, eval_step: Callable | None, dat
   primary = jax.process_index() == 0
   state, start = _starting_point(state, checkpointing, schedule, desc, verbose=primary and progress)
   state = parallel.replicate(state, mesh)
+  initial = dict(start.initial)
+  if start.step == 0:  # the levels a run's health is judged against: the test metrics before any step
+    initial.update({f"test_{k}": v for k, v in evaluate_state(state).items()})
   t0 = time.perf_counter()
   built_in = _built_in_hooks(desc, schedule, start.step, checkpointing, log_path if primary else None,
                              progress and primary)
   run = _Run(lambda s, batch: train_step(s, teacher_vars, batch), feed, schedule, evaluate_state,
-             (*built_in, *hooks), log_fields or {}, lambda: start.wall_s + time.perf_counter() - t0)
+             (*built_in, *hooks), log_fields or {}, lambda: start.wall_s + time.perf_counter() - t0, initial)
   history = start.history
   with contextlib.ExitStack() as closing:  # every hook's close, in reverse order, however the run ends
     for hook in run.hooks:
@@ -180,7 +190,7 @@ def fit(state: TrainState, train_step: Callable, eval_step: Callable | None, dat
       state = _train_epoch(run, state, epoch, first, sums, history)
       _end_epoch(run, state, epoch, sums, history)
   test = {k[5:]: v for k, v in history[-1].items() if k.startswith("test_")}
-  return FitResult(state=state, history=history, test=test, wall_s=run.elapsed())
+  return FitResult(state=state, history=history, test=test, wall_s=run.elapsed(), initial=dict(initial))
 
 
 def _built_in_hooks(desc: str, schedule: _Schedule, start: int, checkpointing: Checkpointing | None,
@@ -215,7 +225,7 @@ def _train_epoch(run: _Run, state, epoch: int, first: int, sums: dict[str, Any],
     if due:
       _hand_over(run, pending, state, sums)
       pending = None
-      point = SavePoint(before + hi, epoch, state, list(history), dict(sums), run.elapsed(), None)
+      point = SavePoint(before + hi, epoch, state, list(history), dict(sums), run.elapsed(), None, dict(run.initial))
       for hook in due:
         hook.on_save_point(point)
   if pending is not None:
@@ -231,6 +241,9 @@ def _crosses(every: int, done: int, num_steps: int) -> bool:
 def _hand_over(run: _Run, call: StepMetrics, state, sums: dict[str, Any]) -> None:
   """Fetches ``call``'s metrics, hands them to the hooks (the non-finite stop first), adds them to ``sums``."""
   call = call._replace(metrics=jax.device_get(call.metrics), state=state)
+  if call.first_step == 1:  # the run's first step: its loss and gradient norm are the early levels
+    run.initial.update({f"train_{k}": _plain(np.asarray(v)[0] if call.stacked else np.asarray(v))
+                        for k, v in call.metrics.items() if k != "finite"})
   for hook in run.hooks:
     if hook.on_step is not None:
       hook.on_step(call)
@@ -248,12 +261,14 @@ def _end_epoch(run: _Run, state, epoch: int, sums: dict[str, Any], history: list
             **{f"train_{k}": _plain(v / n_steps) for k, v in sums.items()},
             **{f"test_{k}": v for k, v in test.items()},
             "wall_s": round(run.elapsed(), 3)}
-  end = EpochEnd(epoch, epoch * n_steps, MappingProxyType(record), state, tuple(history))
+  end = EpochEnd(epoch, epoch * n_steps, MappingProxyType(record), state, tuple(history),
+                 MappingProxyType(run.initial))
   for hook in run.hooks:
     if hook.on_epoch is not None:
       _add_fields(record, hook.on_epoch(end), hook)
   history.append(record)
-  point = SavePoint(epoch * n_steps, epoch, state, list(history), {}, run.elapsed(), MappingProxyType(record))
+  point = SavePoint(epoch * n_steps, epoch, state, list(history), {}, run.elapsed(), MappingProxyType(record),
+                    dict(run.initial))
   for hook in run.hooks:
     if hook.on_save_point is not None:
       hook.on_save_point(point)
@@ -287,7 +302,7 @@ def _starting_point(state, checkpointing: Checkpointing | None, schedule: _Sched
                     verbose: bool) -> tuple[Any, _Start]:
   """``(state, start)``: step 0, or with ``checkpointing.resume`` the newest complete checkpoint's
   state and position. A fresh run refuses a directory that already holds checkpoints."""
-  fresh = _Start(0, [], {}, 0.0)
+  fresh = _Start(0, [], {}, 0.0, {})
   if checkpointing is None:
     return state, fresh
   if not checkpointing.resume:
@@ -308,7 +323,7 @@ def _starting_point(state, checkpointing: Checkpointing | None, schedule: _Sched
   if verbose:
     print(f"{desc}: resumed from step {meta['step']} ({checkpointing.directory})", flush=True)
   sums = {k: np.asarray(v, np.float64) for k, v in meta["sums"].items()}
-  return state, _Start(meta["step"], meta["history"], sums, meta["wall_s"])
+  return state, _Start(meta["step"], meta["history"], sums, meta["wall_s"], meta.get("initial", {}))
 
 
 def _check_position(meta: dict[str, Any], checkpointing: Checkpointing, **expected) -> None:

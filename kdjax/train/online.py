@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from kdjax.config import TrainConfig, refuse_compression
+from kdjax.config import TrainConfig, refuse_compression, run_optimizer
 from kdjax.data.augment import padded_batches, to_float
 from kdjax.data.dataset import ArrayDataset
 from kdjax.losses.online import online_kd_loss
@@ -36,7 +36,7 @@ from kdjax.models.functional import apply_model
 from kdjax.train.api import TrainedModel
 from kdjax.train.loop import FitResult, fit, steps_per_epoch
 from kdjax.train.inputs import make_views
-from kdjax.train.state import TrainState, make_optimizer, trainables
+from kdjax.train.state import TrainState, trainables
 from kdjax.train.step import update
 from kdjax.train.teachers import stack_trees
 
@@ -188,7 +188,8 @@ def cohort_metrics(logits_KxBxC, labels, loss_K, terms) -> dict[str, jax.Array]:
 
 def make_online_eval_step(graphdef) -> Callable:
   """Jitted ``eval_step(params, rest, images_uint8, labels, mask)`` over a stacked cohort:
-  ``(correct_K, loss_sum_K, ensemble_correct, ensemble_loss_sum)``. The ensemble predicts the
+  ``(correct_K, loss_sum_K, ensemble_correct, ensemble_loss_sum, predicted_K)`` (``predicted_K``:
+  ``[K, C]``, how many examples each student predicted each class for). The ensemble predicts the
   mean of the students' softmax probabilities; its loss is the NLL of that mean."""
 
   def eval_step(params, rest, images, labels, mask):
@@ -196,11 +197,14 @@ def make_online_eval_step(graphdef) -> Callable:
     logits = jax.vmap(lambda p, r: apply_model(graphdef, p, r, x, train=False)[0])(params, rest)
     log_p = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)  # [K, B, C]
     nll_K = -jnp.take_along_axis(log_p, jnp.broadcast_to(labels, log_p.shape[:-1])[..., None], axis=-1)[..., 0]
-    correct_K = jnp.sum((jnp.argmax(log_p, -1) == labels) & mask, axis=1)
+    predicted_K = jnp.argmax(log_p, -1)  # [K, B]
+    correct_K = jnp.sum((predicted_K == labels) & mask, axis=1)
+    counts_K = jax.vmap(lambda p: jnp.zeros(log_p.shape[-1], jnp.int32).at[p].add(mask.astype(jnp.int32)))(
+        predicted_K)
     ens_log_p = jax.nn.logsumexp(log_p, axis=0) - jnp.log(log_p.shape[0])  # log of the mean probability
     ens_nll = -jnp.take_along_axis(ens_log_p, labels[:, None], axis=-1)[:, 0]
     return (correct_K, jnp.sum(jnp.where(mask, nll_K, 0.0), axis=1),
-            jnp.sum((jnp.argmax(ens_log_p, -1) == labels) & mask), jnp.sum(jnp.where(mask, ens_nll, 0.0)))
+            jnp.sum((jnp.argmax(ens_log_p, -1) == labels) & mask), jnp.sum(jnp.where(mask, ens_nll, 0.0)), counts_K)
 
   return jax.jit(eval_step)
 
@@ -209,7 +213,8 @@ def evaluate_online(eval_step: Callable, params, rest, images, labels, batch_siz
   """A cohort's test metrics over a whole split, in fixed-size padded batches.
 
   ``accuracy``, ``errors`` and ``loss`` are the mean student's (``errors`` is then a mean, not
-  necessarily whole); ``accuracy/<k>``, ``errors/<k>``, ``loss/<k>`` each student's;
+  necessarily whole); ``accuracy/<k>``, ``errors/<k>``, ``loss/<k>`` and ``top_class_share/<k>``
+  (the share of the examples predicted as its most-predicted class) each student's;
   ``ensemble_accuracy``, ``ensemble_errors``, ``ensemble_loss`` the ensemble's.
   """
   n = len(labels)
@@ -217,14 +222,14 @@ def evaluate_online(eval_step: Callable, params, rest, images, labels, batch_siz
   for xb, yb, mask in padded_batches(images, labels, batch_size):
     out = eval_step(params, rest, xb, yb, mask)
     sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
-  correct_K, loss_K, ens_correct, ens_loss = jax.device_get(sums)
+  correct_K, loss_K, ens_correct, ens_loss, counts_K = jax.device_get(sums)
   k_students = len(correct_K)
   result: dict[str, Any] = {"accuracy": float(correct_K.sum()) / (n * k_students),
                             "errors": float(n * k_students - correct_K.sum()) / k_students,
                             "loss": float(loss_K.sum()) / (n * k_students)}
   for k in range(k_students):
     result |= {f"accuracy/{k}": float(correct_K[k]) / n, f"errors/{k}": int(n - correct_K[k]),
-               f"loss/{k}": float(loss_K[k]) / n}
+               f"loss/{k}": float(loss_K[k]) / n, f"top_class_share/{k}": float(counts_K[k].max()) / n}
   result |= {"ensemble_accuracy": float(ens_correct) / n, "ensemble_errors": int(n - ens_correct),
              "ensemble_loss": float(ens_loss) / n}
   return result
@@ -288,9 +293,7 @@ def train_online(data: ArrayDataset, cfg: TrainConfig, *, num_students: int = 2,
   graphdef, params, rest = create_students(cfg.model, num_classes=data.num_classes, input_shape=data.image_shape,
                                            seeds=student_seeds(seed, num_students), **cfg.model_options())
   per_epoch = steps_per_epoch(len(data.train_labels), cfg.batch_size)
-  tx = make_optimizer(cfg.optimizer, learning_rate=cfg.learning_rate, total_steps=cfg.epochs * per_epoch,
-                      momentum=cfg.momentum, weight_decay=cfg.weight_decay, schedule=cfg.schedule,
-                      decay_epochs=cfg.decay_epochs, steps_per_epoch=per_epoch)
+  tx = run_optimizer(cfg, per_epoch)
   state = init_online_state(params, rest, tx, jax.random.fold_in(jax.random.key(seed), 1))
   step = make_online_step(graphdef, tx, num_students, rule=rule, distill_weight=distill_weight, temperature=temperature,
                           burn_in_steps=burn_in_steps, jitter_pixels=cfg.jitter, hflip=cfg.hflip)
@@ -302,7 +305,7 @@ def train_online(data: ArrayDataset, cfg: TrainConfig, *, num_students: int = 2,
   students = []
   for k in range(num_students):
     own = student_state(result.state, k)
-    test = {m: result.test[f"{m}/{k}"] for m in ("accuracy", "errors", "loss")}
+    test = {m: result.test[f"{m}/{k}"] for m in ("accuracy", "errors", "loss", "top_class_share")}
     students.append(TrainedModel(cfg.model, data.num_classes, data.image_shape, graphdef, own.params, own.rest,
                                  FitResult(own, result.history, test, result.wall_s), {}))
   return OnlineResult(rule, cfg.model, num_students, distill_weight, temperature, burn_in_steps, students, result)
