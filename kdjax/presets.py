@@ -106,5 +106,41 @@ TEXT_NEGATION = StudyConfig(
 )
 TEXT_ROTTEN_TOMATOES = dataclasses.replace(TEXT_NEGATION, name="text_rotten_tomatoes", dataset="rotten_tomatoes")
 
+# The method zoo (docs/method_zoo.md): every registered method at its defaults, three seeds, minutes on a
+# CPU. The logit, relation, contrastive, self and adversarial methods on the Hinton pair (an MLP teacher of
+# 1200-1200 units, a student of 800-800) on the built-in subset; the methods on feature maps (AT, NST, VID,
+# FT, AB, FSP, ReviewKD) on a CIFAR ResNet pair (ResNet-14 -> ResNet-8) on its first 2,000 images
+# (--subset 2000). Short runs on purpose: a method that cannot be healthy in them at its defaults is
+# named in the zoo's page with the defaults that work.
+ZOO_MLP = dataclasses.replace(
+    HINTON_MNIST, name="zoo_mlp",
+    teacher=dataclasses.replace(HINTON_MNIST.teacher, epochs=10),
+    student=dataclasses.replace(HINTON_MNIST.student, epochs=5, jitter=2),
+    distilled=dataclasses.replace(HINTON_MNIST.distilled, epochs=5),
+    temperature=4.0,
+)
+ZOO_CONV = dataclasses.replace(
+    RESNET_MNIST, name="zoo_conv",
+    teacher=dataclasses.replace(RESNET_MNIST.teacher, model="resnet14", epochs=6),
+    student=dataclasses.replace(RESNET_MNIST.student, epochs=5, batch_size=64, jitter=2),
+    distilled=dataclasses.replace(RESNET_MNIST.distilled, epochs=5, batch_size=64),
+    seeds=(0, 1, 2),
+)
+
+# "Does distillation help here?" (experiments/kd_helps_mnist.py, docs/kd_helps_mnist.md): full MNIST read
+# from an idx directory (experiments/mnist_csv_to_idx.py), few labels (the experiment takes the first
+# 2,000 training images), a conv teacher (CIFAR ResNet-8) that clearly beats a small MLP student
+# (784-100-100-10). Every arm sees the same +-2 pixel jitter except the student alone; seeds 0-4.
+KD_HELPS_MNIST = StudyConfig(
+    name="kd_helps_mnist",
+    dataset="idx:data/mnist",
+    teacher=TrainConfig(model="resnet8", epochs=10, batch_size=64, learning_rate=0.05, weight_decay=5e-4, jitter=2),
+    student=TrainConfig(model="mlp100", epochs=20, batch_size=64, learning_rate=0.05),
+    distilled=TrainConfig(model="mlp100", epochs=20, batch_size=64, learning_rate=0.05, jitter=2),
+    alpha=0.5,
+    temperature=4.0,
+    seeds=(0, 1, 2, 3, 4),
+)
+
 PRESETS = {c.name: c for c in (HINTON_MNIST, HINTON_MNIST_FULL, CNN_CIFAR10, CIFAR100_RESNET, RESNET_MNIST,
-                               TEXT_NEGATION, TEXT_ROTTEN_TOMATOES)}
+                               TEXT_NEGATION, TEXT_ROTTEN_TOMATOES, KD_HELPS_MNIST, ZOO_MLP, ZOO_CONV)}
