@@ -1,7 +1,7 @@
 """The ``kdjax`` command line.
 
     kdjax distill [--config NAME] [--method NAME] [--data SPEC] [--seeds 0,1,2] [--set key=value ...]
-                  [--checkpoint-every N] [--resume] [--teacher-checkpoint DIR] [--distributed ...]
+                  [--checkpoint-every N] [--resume | --resume-or-start] [--teacher-checkpoint DIR] [--distributed ...]
     kdjax sweep [CONFIG] --grid key=v1,v2 [--grid ...] [--set key=value ...] [--max-parallel K]
     kdjax list
     kdjax bench [--teacher T --student S] [--batch 64,256,1024] [--precision fp32,bf16]
@@ -51,6 +51,8 @@ def _parser() -> argparse.ArgumentParser:
                       "under WORKDIR/NAME/checkpoints")
   d.add_argument("--resume", action="store_true",
                  help="continue each run from its newest complete checkpoint (finished runs are restored)")
+  d.add_argument("--resume-or-start", action="store_true",
+                 help="--resume, but start the study when nothing is saved yet (for a job that may be restarted)")
   d.add_argument("--teacher-checkpoint", metavar="DIR",
                  help="restore the teacher from a run's checkpoint folder (e.g. WORKDIR/NAME/checkpoints/"
                       "teacher_seed0) instead of training it; its architecture must be the config's")
@@ -61,6 +63,9 @@ def _parser() -> argparse.ArgumentParser:
   d.add_argument("--coordinator", metavar="HOST:PORT", help="with --distributed: process 0's address")
   d.add_argument("--num-processes", type=int, metavar="N", help="with --distributed: how many processes")
   d.add_argument("--process-id", type=int, metavar="I", help="with --distributed: this process's index")
+  d.add_argument("--distributed-timeout", type=float, metavar="SECONDS",
+                 help="with --distributed: how long to wait for every process to join before failing with one line "
+                      "and exit status 2 (default 300)")
   w = sub.add_parser("sweep", help="a grid over methods, hyperparameters and seeds; vmapped groups, a report",
                      description="Trains every run of a grid over a study preset (runs differing only in seed, "
                                  "temperature, alpha, learning rate or DKD/DIST's beta train together as one vmapped "
@@ -149,8 +154,10 @@ def main(argv: list[str] | None = None) -> int:
   if args.command == "bench":
     return _bench(args)
 
-  if not args.distributed and any(v is not None for v in (args.coordinator, args.num_processes, args.process_id)):
-    print("kdjax: error: --coordinator, --num-processes and --process-id go with --distributed", file=sys.stderr)
+  if not args.distributed and any(v is not None for v in (args.coordinator, args.num_processes, args.process_id,
+                                                          args.distributed_timeout)):
+    print("kdjax: error: --coordinator, --num-processes, --process-id and --distributed-timeout go with --distributed",
+          file=sys.stderr)
     return 2
   if args.checkpoint_every is not None and args.checkpoint_every < 0:
     print(f"kdjax: error: --checkpoint-every must be >= 0, got {args.checkpoint_every}", file=sys.stderr)
@@ -178,9 +185,11 @@ def main(argv: list[str] | None = None) -> int:
 
   try:
     if args.distributed:
-      initialize_distributed(args.coordinator, args.num_processes, args.process_id)
+      initialize_distributed(args.coordinator, args.num_processes, args.process_id,
+                             timeout_s=300 if args.distributed_timeout is None else args.distributed_timeout)
     result = run_study(cfg, progress=not args.no_progress, checkpoint_every=args.checkpoint_every,
-                       resume=args.resume, teacher_checkpoint=args.teacher_checkpoint,
+                       resume=args.resume or args.resume_or_start, start_if_nothing=args.resume_or_start,
+                       teacher_checkpoint=args.teacher_checkpoint,
                        include_unhealthy=args.include_unhealthy)
   except (ValueError, FileNotFoundError, NotADirectoryError) as e:
     print(f"kdjax: error: {e}", file=sys.stderr)
@@ -188,13 +197,21 @@ def main(argv: list[str] | None = None) -> int:
   except NonFiniteLossError as e:
     print(f"kdjax: error: {e}", file=sys.stderr)
     return 1
+  except OSError as e:  # a disk that filled up or went read-only mid-run: the checkpoints before it are kept
+    print(f"kdjax: error: {_os_error(e)}", file=sys.stderr)
+    return 1
   if not is_primary():
     return 0
   print(format_table(result, include_unhealthy=args.include_unhealthy))
   if result.out_dir:
     print(f"\nwritten: {result.out_dir}/metrics.jsonl, results.json, table.md"
-          + (", checkpoints/" if args.checkpoint_every is not None or args.resume else ""))
+          + (", checkpoints/" if args.checkpoint_every is not None or args.resume or args.resume_or_start else ""))
   return _end_with_health(unhealthy_runs(result), args)
+
+
+def _os_error(e: OSError) -> str:
+  """An I/O error in one line (it names the file) and what becomes of the finished work."""
+  return f"{e}; what was saved before it is kept (checkpoints, results.jsonl): fix the disk and run again"
 
 
 def _check_study_keys_reach_method(cfg, overrides: list[str]) -> None:
@@ -232,6 +249,9 @@ def _sweep(args) -> int:
     return 2
   except NonFiniteLossError as e:  # a teacher's training; a student's bad steps are skipped and recorded
     print(f"kdjax: error: {e}", file=sys.stderr)
+    return 1
+  except OSError as e:  # the runs stored before it stay in results.jsonl; re-running resumes after them
+    print(f"kdjax: error: {_os_error(e)}", file=sys.stderr)
     return 1
   print((result.out_dir / "report.md").read_text())
   print(f"written: {', '.join(str(p) for p in result.reports.values())}")

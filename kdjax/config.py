@@ -11,6 +11,7 @@ from typing import Any
 import optax
 
 from kdjax.compress import check_sparsity
+from kdjax.data import check_num_classes
 from kdjax.health import HealthThresholds
 from kdjax.losses import check_alpha, check_temperature
 from kdjax.methods import make_method, parse_hparam, study_hparams
@@ -72,6 +73,9 @@ class StudyConfig:
   dataset: str = "builtin"  # "builtin", "idx:PATH" or "tfds:NAME"
   tfds_data_dir: str | None = None
   download: bool = False
+  # The data's class count. None: inferred from the data (a fixed source's own count; an idx directory's
+  # largest label + 1). Stated: a label outside [0, num_classes) is refused, and so is data of another count.
+  num_classes: int | None = None
   teacher: TrainConfig = TrainConfig(model="mlp1200")
   student: TrainConfig = TrainConfig(model="mlp800")  # the student trained alone
   distilled: TrainConfig = TrainConfig(model="mlp800")  # the same student, distilled
@@ -104,6 +108,11 @@ def validate_study(cfg: StudyConfig) -> None:
     raise ValueError("seeds is empty: give at least one seed")
   if len(set(cfg.seeds)) != len(cfg.seeds):
     raise ValueError(f"seeds must be distinct, got {cfg.seeds}")
+  if cfg.num_classes is not None:
+    try:
+      check_num_classes(cfg.num_classes)
+    except ValueError as e:
+      raise ValueError(f"{e} (or none, to infer it from the data)") from None
   for role in ("teacher", "student", "distilled"):  # the StudyConfig fields that are TrainConfigs
     run: TrainConfig = getattr(cfg, role)
     check_model_options(run.model, run.model_options())  # also rejects an unknown model

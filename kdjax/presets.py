@@ -1,4 +1,10 @@
-"""Named study configs: ``kdjax distill --config NAME``."""
+"""Named study configs: ``kdjax distill --config NAME``.
+
+The image presets state their data's class count (``num_classes``: 10 for MNIST, Fashion-MNIST and
+CIFAR-10, 100 for CIFAR-100), so a label file with a label outside it is refused before any training;
+pointing one at data with another count takes ``--set num_classes=N`` (or ``none``, to infer it). The
+text presets infer it from the data.
+"""
 
 from __future__ import annotations
 
@@ -23,6 +29,7 @@ from kdjax.config import StudyConfig, TrainConfig
 HINTON_MNIST = StudyConfig(
     name="hinton_mnist",
     dataset="builtin",
+    num_classes=10,
     teacher=TrainConfig(model="mlp1200", epochs=20, batch_size=128, learning_rate=0.1, jitter=2,
                         dropout=0.2, input_dropout=0.0),
     student=TrainConfig(model="mlp800", epochs=10, batch_size=128, learning_rate=0.05),
@@ -47,6 +54,7 @@ HINTON_MNIST_FULL = dataclasses.replace(
 CNN_CIFAR10 = StudyConfig(
     name="cnn_cifar10",
     dataset="tfds:cifar10",
+    num_classes=10,
     teacher=TrainConfig(model="cnn64", epochs=30, batch_size=128, learning_rate=0.05, jitter=4),
     student=TrainConfig(model="cnn16", epochs=30, batch_size=128, learning_rate=0.05, jitter=4),
     distilled=TrainConfig(model="cnn16", epochs=30, batch_size=128, learning_rate=0.05, jitter=4),
@@ -66,6 +74,7 @@ _CIFAR100_RUN = TrainConfig(model="resnet8x4", epochs=240, batch_size=64, learni
 CIFAR100_RESNET = StudyConfig(
     name="cifar100_resnet32x4_resnet8x4",
     dataset="tfds:cifar100",
+    num_classes=100,
     teacher=dataclasses.replace(_CIFAR100_RUN, model="resnet32x4"),
     student=_CIFAR100_RUN,
     distilled=_CIFAR100_RUN,
@@ -80,6 +89,7 @@ CIFAR100_RESNET = StudyConfig(
 RESNET_MNIST = StudyConfig(
     name="resnet_mnist",
     dataset="builtin",
+    num_classes=10,
     teacher=TrainConfig(model="resnet20", epochs=4, batch_size=128, learning_rate=0.05, weight_decay=5e-4,
                         jitter=2),
     student=TrainConfig(model="resnet8", epochs=3, batch_size=128, learning_rate=0.05, weight_decay=5e-4),
@@ -134,6 +144,7 @@ ZOO_CONV = dataclasses.replace(
 KD_HELPS_MNIST = StudyConfig(
     name="kd_helps_mnist",
     dataset="idx:data/mnist",
+    num_classes=10,
     teacher=TrainConfig(model="resnet8", epochs=10, batch_size=64, learning_rate=0.05, weight_decay=5e-4, jitter=2),
     student=TrainConfig(model="mlp100", epochs=20, batch_size=64, learning_rate=0.05),
     distilled=TrainConfig(model="mlp100", epochs=20, batch_size=64, learning_rate=0.05, jitter=2),

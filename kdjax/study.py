@@ -11,6 +11,7 @@ A run stopped by a NaN leaves its last good state in ``<run>_seed<k>_last_good.n
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import re
@@ -26,13 +27,17 @@ from kdjax.config import (StudyConfig, TrainConfig, override, study_method, stud
 from kdjax.data import ArrayDataset, load_dataset
 from kdjax.health import (HealthThresholds, add_problem, is_healthy, judge_run, judge_teacher, majority_share,
                           short)
-from kdjax.parallel import is_primary
+from kdjax.parallel import check_batch, is_primary, make_mesh
 from kdjax.presets import PRESETS
 from kdjax.runs import check_models_fit_data, environment, subset_data  # re-exported, as before
 from kdjax.stats import mean_std  # noqa: F401  (re-exported, as before)
-from kdjax.train import (NonFiniteLossError, check_run, distill, restore_trained, train_student, train_teacher,
-                         untrained)
-from kdjax.train.checkpoint import save_pytree
+from kdjax.identity import fingerprint
+from kdjax.methods import supervised
+from kdjax.train import (NonFiniteLossError, check_run, distill, restore_trained, run_identity, train_student,
+                         train_teacher, untrained)
+from kdjax.train.checkpoint import checkpoint_steps, read_meta, run_mismatch, save_pytree
+from kdjax.train.teacher_cache import check_teacher_cache_file
+from kdjax.workdir import check_writable, exclusive, remove_leftovers, write_atomic
 
 ROLES = ("teacher", "student", "control", "distilled")
 ROLE_LABELS = {"teacher": "teacher", "student": "student alone",
@@ -64,11 +69,13 @@ class StudyResult:
 
 def run_study(cfg: StudyConfig, *, data: ArrayDataset | None = None, progress: bool = True,
               write: bool = True, checkpoint_every: int | None = None, resume: bool = False,
-              teacher_checkpoint: str | Path | None = None, include_unhealthy: bool = False) -> StudyResult:
+              teacher_checkpoint: str | Path | None = None, include_unhealthy: bool = False,
+              start_if_nothing: bool = False) -> StudyResult:
   """Trains the teacher, the student alone (and its augmented control) and the distilled student
   over the seeds, and writes the table and results. ``checkpoint_every`` (steps; 0 = at epoch ends
   only) checkpoints every run under ``WORKDIR/NAME/checkpoints/ROLE_seedS``; ``resume`` continues
-  each run from its newest checkpoint there (a finished run is restored, not trained again);
+  each run from its newest checkpoint there (a finished run is restored, not trained again; with
+  nothing saved it is an error, unless ``start_if_nothing``: then the study starts);
   ``teacher_checkpoint`` restores the teacher from a run's checkpoint folder instead of training
   it (its architecture is checked against ``cfg.teacher``). With several processes only process
   0 prints and writes files. Every run's health (:mod:`kdjax.health`, thresholds ``cfg.health``) is
@@ -79,19 +86,87 @@ def run_study(cfg: StudyConfig, *, data: ArrayDataset | None = None, progress: b
   if checkpoints and not write:
     raise ValueError("checkpoints go under the workdir: they need write=True")
   if data is None:
-    data = load_dataset(cfg.dataset, tfds_data_dir=cfg.tfds_data_dir, download=cfg.download)
+    data = load_dataset(cfg.dataset, tfds_data_dir=cfg.tfds_data_dir, download=cfg.download,
+                        num_classes=cfg.num_classes)
   check_models_fit_data(cfg, data)
   method = study_method(cfg)  # make_method(cfg.method, ...), the study's T and alpha filled in where it takes them
   # The distilled run traced on shapes (an untrained stand-in teacher) before anything is written: a method
   # that does not fit the models or the data fails before the teacher and the students alone have trained.
   check_run(data, cfg.distilled, method, untrained(data, cfg.teacher))
+  if cfg.distilled.teacher_cache not in ("off", "device"):  # a damaged cache fails now, not after three runs trained
+    check_teacher_cache_file(cfg.distilled.teacher_cache)
+  mesh = make_mesh()
+  for role in ROLES:  # every global batch must split over the devices, checked before the first run
+    if (role_cfg := role_config(cfg, role)) is not None:
+      try:
+        check_batch(role_cfg.batch_size, mesh)
+      except ValueError as e:
+        raise ValueError(f"{role}.{e}") from None
   env = environment()
   out_dir = Path(cfg.workdir) / cfg.name if write else None
+  if out_dir:  # reads only: a refused resume leaves no trace
+    check_resume(cfg, data, method, out_dir / "checkpoints", resume=resume, teacher_checkpoint=teacher_checkpoint,
+                 start_if_nothing=start_if_nothing)
+  with contextlib.ExitStack() as held:
+    if out_dir and primary:  # one writer at a time; a folder that cannot take the results fails now
+      held.enter_context(exclusive(out_dir, "kdjax distill"))
+      check_writable(out_dir)
+      for path in remove_leftovers(out_dir):
+        print(f"removed {path}, left by an interrupted write", flush=True)
+    return _run_study(cfg, data, method, out_dir, env, primary=primary, progress=progress, checkpoints=checkpoints,
+                      checkpoint_every=checkpoint_every, resume=resume, teacher_checkpoint=teacher_checkpoint,
+                      include_unhealthy=include_unhealthy)
+
+
+def study_runs(cfg: StudyConfig) -> list[tuple[str, int]]:
+  """``(role, seed)`` of every run a study trains, in order (the teacher once, on the first seed)."""
+  per_seed = ["student"] + (["control"] if control_config(cfg) else []) + ["distilled"]
+  return [("teacher", cfg.seeds[0])] + [(role, seed) for seed in cfg.seeds for role in per_seed]
+
+
+def check_resume(cfg: StudyConfig, data: ArrayDataset, method, checkpoints: Path, *, resume: bool,
+                 teacher_checkpoint: str | Path | None = None, start_if_nothing: bool = False) -> None:
+  """Before anything trains: without ``resume``, no run may have checkpoints under ``checkpoints``
+  (they are another run's results); with it, there must be something to resume, and every run's
+  newest checkpoint must be of the run this config makes (:func:`kdjax.train.run_identity`: config,
+  method, seeds, teacher, data), else a ``ValueError`` naming the run and the settings that differ
+  (with nothing saved, ``start_if_nothing`` lets the study start)."""
+  saved = {(role, seed): checkpoints / f"{role}_seed{seed}" for role, seed in study_runs(cfg)}
+  saved = {k: d for k, d in saved.items() if checkpoint_steps(d)}
+  if not resume:
+    if saved:
+      names = ", ".join(f"{role} seed {seed}" for role, seed in saved)
+      raise ValueError(f"{checkpoints} already holds checkpoints ({names}): resume that study (--resume), or use "
+                       "another workdir or name; nothing was changed")
+    return
+  if not saved and not start_if_nothing:
+    raise ValueError(f"--resume: nothing to resume, {checkpoints} holds no checkpoint of this study; run it without "
+                     "--resume to start it (or with --resume-or-start, as a job that may be restarted would)")
+  if teacher_checkpoint is not None:
+    meta = read_meta(teacher_checkpoint) or {}
+    teacher = (meta.get("run_identity") or {}).get("hash")  # None (an older checkpoint): checked when it restores
+  else:
+    teacher = run_identity(data, cfg.teacher, supervised(), seed=cfg.seeds[0])["hash"]
+  for (role, seed), directory in saved.items():
+    if role == "distilled" and teacher is None:
+      continue
+    identity = run_identity(data, role_config(cfg, role), method if role == "distilled" else supervised(), seed=seed,
+                            teacher=teacher if role == "distilled" else None)
+    meta = read_meta(directory)
+    why = None if meta is None else run_mismatch(directory, meta, identity)
+    if why is not None:  # the run's config fields as the command line names them: distilled.learning_rate
+      raise ValueError(f"--resume: {ROLE_LABELS[role]} seed {seed}: " + why.replace(" config.", f" {role}."))
+
+
+def _run_study(cfg: StudyConfig, data: ArrayDataset, method, out_dir: Path | None, env: dict[str, Any], *,
+               primary: bool, progress: bool, checkpoints: bool, checkpoint_every: int | None, resume: bool,
+               teacher_checkpoint: str | Path | None, include_unhealthy: bool) -> StudyResult:
+  # A teacher restored from a checkpoint folder before any file changes: a wrong folder fails with nothing lost.
+  restored = None if teacher_checkpoint is None else restore_trained(teacher_checkpoint, cfg.teacher, data)
   log_path = None
   if out_dir:
-    out_dir.mkdir(parents=True, exist_ok=True)
     log_path = out_dir / "metrics.jsonl"
-    if primary and not resume:
+    if primary and not resume:  # every check passed: this run replaces the folder's last one
       log_path.write_text("")
   t0 = time.perf_counter()
   runs: dict[str, list[dict[str, Any]]] = {r: [] for r in ROLES}
@@ -109,19 +184,20 @@ def run_study(cfg: StudyConfig, *, data: ArrayDataset | None = None, progress: b
         e.args = (f"{e.args[0]}; saved to {saved}",)
       raise
     runs[role].append({"seed": seed, **trained.test, "wall_s": round(trained.fit.wall_s, 2),
-                       "health": trained.health})
+                       "health": trained.health, "identity": trained.identity})
     if progress and primary:
       print(f"{ROLE_LABELS[role]:<32} seed {seed}: {trained.test['errors']:>5} test errors "
             f"({100 * trained.test['accuracy']:.2f}%), {trained.fit.wall_s:.1f} s"
             + ("" if trained.health["ok"] else f"  [UNHEALTHY: {short(trained.health)}]"), flush=True)
     return trained
 
-  if teacher_checkpoint is not None:
-    teacher = restore_trained(teacher_checkpoint, cfg.teacher, data)
+  if restored is not None:
+    teacher = restored
     health = judge_run(teacher.fit.history, teacher.fit.initial, thresholds=cfg.health,
                        majority=majority_share(np.asarray(data.test_labels).tolist()))
     runs["teacher"].append({"seed": cfg.seeds[0], **teacher.test, "wall_s": round(teacher.fit.wall_s, 2),
-                            "restored_from": str(teacher_checkpoint), "health": health})
+                            "restored_from": str(teacher_checkpoint), "health": health,
+                            "identity": teacher.identity})
   else:
     teacher = run("teacher", cfg.seeds[0], train_teacher, cfg.teacher)
   if out_dir and primary:
@@ -136,10 +212,11 @@ def run_study(cfg: StudyConfig, *, data: ArrayDataset | None = None, progress: b
   result = StudyResult(cfg, data.name, len(data.test_labels), runs, time.perf_counter() - t0,
                        env["device"], out_dir)
   if out_dir and primary:
-    (out_dir / "results.json").write_text(json.dumps(
+    write_atomic(out_dir / "results.json", json.dumps(
         {"config": to_dict(cfg), "method": {"name": cfg.method, "hparams": study_method_hparams(cfg)},
-         "environment": env, "dataset": data.summary(), "runs": runs, "wall_s": round(result.wall_s, 1)}, indent=2))
-    (out_dir / "table.md").write_text(format_table(result, include_unhealthy=include_unhealthy) + "\n")
+         "environment": env, "dataset": data.summary(), "data": fingerprint(data), "runs": runs,
+         "wall_s": round(result.wall_s, 1)}, indent=2))
+    write_atomic(out_dir / "table.md", format_table(result, include_unhealthy=include_unhealthy) + "\n")
   return result
 
 
@@ -194,8 +271,8 @@ def write_results(out: Path, table: str, payload: dict[str, Any]) -> None:
   """Prints an experiment's table and writes it to ``out/table.md``, with ``payload`` (the
   arguments, config, environment and per-run numbers) in ``out/results.json``."""
   print("\n" + table)
-  (out / "table.md").write_text(table + "\n")
-  (out / "results.json").write_text(json.dumps(payload, indent=2))
+  write_atomic(out / "table.md", table + "\n")
+  write_atomic(out / "results.json", json.dumps(payload, indent=2))
 
 
 def experiment_data(cfg: StudyConfig, subset: int | None = None, *, inputs: str | None = None,
@@ -203,7 +280,8 @@ def experiment_data(cfg: StudyConfig, subset: int | None = None, *, inputs: str 
   """The config's dataset, cut to its first ``subset`` training images when given; a bad subset,
   or data that is not ``inputs`` ("image" or "text") where the experiment needs one kind, exits
   with a message naming ``prog`` (for the experiment scripts)."""
-  data = load_dataset(cfg.dataset, tfds_data_dir=cfg.tfds_data_dir, download=cfg.download)
+  data = load_dataset(cfg.dataset, tfds_data_dir=cfg.tfds_data_dir, download=cfg.download,
+                        num_classes=cfg.num_classes)
   if inputs is not None and data.is_text != (inputs == "text"):
     raise SystemExit(f"{prog}: {data.name} is {'text' if data.is_text else 'images'}, but this experiment takes "
                      + ("text (negation, rotten_tomatoes or tfds:imdb_reviews)" if inputs == "text" else "images"))

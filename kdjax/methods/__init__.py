@@ -9,7 +9,7 @@ its hyperparameters mean: ``make_method(name, **hparams)`` builds any of them.
 from __future__ import annotations
 
 from kdjax.methods.adversarial import Adversary, adversarial_training, ard
-from kdjax.methods.base import Method, as_method, call_method, init_method, pick_feature
+from kdjax.methods.base import Method, as_method, call_method, init_method, method_identity, pick_feature
 from kdjax.methods.combine import combine
 from kdjax.methods.contrastive import crd, crd_inbatch, crd_queue
 from kdjax.methods.domain import domain_kd, grad_reverse
@@ -30,7 +30,7 @@ __all__ = ["PAPERS", "REGISTRY", "Method", "MethodSpec", "activation_boundary", 
            "gkd", "hinton_kd", "init_method", "js_kd", "make_method", "method_hparams", "method_names", "method_spec",
            "nst", "parse_hparam", "pick_feature", "pkt", "reverse_kd", "rkd", "similarity_preserving", "study_hparams", "supervised",
            "vid", "vmapped_hparams"]
-__all__ += ["crd", "crd_inbatch", "crd_queue", "reviewkd"]
+__all__ += ["crd", "crd_inbatch", "crd_queue", "reviewkd", "method_identity"]
 __all__ += ["multi_teacher_kd", "per_teacher", "teacher_weights"]
 __all__ += ["byot", "tf_kd"]
 __all__ += ["domain_kd", "grad_reverse"]

@@ -64,6 +64,9 @@ class Method:
       objective starts in a run of ``epochs`` (its earlier stages minimise another loss, so the
       training loss jumps there by design; :func:`kdjax.health.judge_run` judges divergence from
       the first epoch after it); ``None``: one objective throughout.
+    identity: ``(("name", NAME), (HPARAM, VALUE), ...)``, what names this method in a run's identity
+      (:func:`method_identity`); :func:`kdjax.methods.make_method` fills it in with every
+      hyperparameter, defaults included. ``()``: read from the loss function instead.
   """
 
   loss: Callable[..., tuple]
@@ -74,12 +77,65 @@ class Method:
   adversary: Any = None
   head_logits: Callable | None = None
   main_stage: Callable[[int], float] | None = None
+  identity: tuple = ()
 
   def __call__(self, *args):
     return self.loss(*args)
 
 
 _FIELDS = frozenset(f.name for f in dataclasses.fields(Method))
+
+
+def method_identity(method: Method) -> dict[str, Any]:
+  """What determines ``method``'s effect on a run, for the run's identity (:mod:`kdjax.identity`):
+  its ``identity`` (name and hyperparameters) where it was built by name; otherwise its loss
+  function's qualified name with the values it closes over (a factory's hyperparameters, by name)."""
+  if method.identity:
+    return dict(method.identity)
+  return {"loss": _function_identity(method.loss, depth=2), "needs_teacher": method.needs_teacher,
+          "multi_teacher": method.multi_teacher}
+
+
+def _function_identity(fn, depth: int) -> Any:
+  """``{"function": module.qualname, NAME: value, ...}``: a function and the plain values (numbers,
+  strings, tuples of them) and functions (``depth`` levels down) it closes over or defaults to."""
+  if isinstance(fn, Method):
+    return method_identity(fn)
+  code = getattr(fn, "__code__", None)
+  if code is None:
+    return type(fn).__qualname__
+  out: dict[str, Any] = {"function": f"{fn.__module__}.{fn.__qualname__}"}
+  cells = zip(code.co_freevars, fn.__closure__ or ())
+  values = [(name, cell.cell_contents) for name, cell in cells if _has_contents(cell)]
+  values += list((fn.__kwdefaults__ or {}).items())
+  for name, value in values:
+    out[name] = _value_identity(value, depth)
+  return out
+
+
+def _value_identity(value, depth: int) -> Any:
+  """A value a method closes over, for its identity: numbers and strings as they are, methods and
+  functions (``depth`` levels down) by :func:`_function_identity`, dicts, lists and tuples item by
+  item (combine's weights, a multi-teacher's), arrays by shape and sum, anything else by its type."""
+  if isinstance(value, (bool, int, float, str, type(None))):
+    return value
+  if isinstance(value, Method) or callable(value):
+    return _function_identity(value, depth - 1) if depth > 0 else getattr(value, "__qualname__", type(value).__name__)
+  if isinstance(value, dict):
+    return {str(k): _value_identity(v, depth) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [_value_identity(v, depth) for v in value]
+  if hasattr(value, "shape") and hasattr(value, "dtype"):
+    return {"shape": list(value.shape), "dtype": str(value.dtype), "sum": float(value.sum())}
+  return type(value).__qualname__
+
+
+def _has_contents(cell) -> bool:
+  try:
+    cell.cell_contents  # noqa: B018 - an empty cell raises
+  except ValueError:
+    return False
+  return True
 
 
 def as_method(fn: Callable, needs_teacher: bool, multi_teacher: bool = False, **fields) -> Method:

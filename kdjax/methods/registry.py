@@ -129,7 +129,10 @@ def make_method(name: str, **hparams) -> Method:
   if missing:
     raise ValueError(f"method {name!r} needs {', '.join(map(repr, missing))}; its hyperparameters: "
                      f"{format_hparams(name)}")
-  return spec.make(**hparams)
+  resolved = {k: p.default for k, p in known.items() if p.default is not p.empty}
+  resolved.update(hparams)
+  return dataclasses.replace(spec.make(**hparams), identity=(("name", name), *(
+      (k, tuple(v) if isinstance(v, list) else v) for k, v in sorted(resolved.items()))))
 
 
 def parse_value(text: str, default, sep: str = ",") -> Any:

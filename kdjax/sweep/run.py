@@ -25,11 +25,14 @@ from kdjax.sweep.report import write_report
 from kdjax.sweep.store import append_record, best_and_final, finished_ids, load_records, run_id
 from kdjax.sweep.train import check_group, train_group
 from kdjax.health import is_healthy, short
+from kdjax.identity import fingerprint
 from kdjax.train import TrainedModel, check_run, train_teacher, untrained
+from kdjax.workdir import check_writable, exclusive, remove_leftovers
 
 # Study fields that do not change what a run computes: left out of a run's identity. (A run's method and
 # hyperparameters are its own fields, "method" and "hparams"; a sweep's study config keeps the default ones.)
-_NOT_IN_IDENTITY = ("name", "workdir", "seeds", "student", "augmented_control", "method", "method_hparams", "health")
+_NOT_IN_IDENTITY = ("name", "workdir", "seeds", "student", "augmented_control", "method", "method_hparams", "health",
+                    "num_classes")
 
 
 @dataclasses.dataclass
@@ -58,8 +61,10 @@ def run_config(run: Run, *, data_seed: int, teacher_seed: int, subset: int | Non
 
 
 def _data_identity(data: ArrayDataset) -> dict[str, Any]:
+  """The data's part of a run's id: name, sizes, shape, classes and a hash of its arrays
+  (:func:`kdjax.identity.fingerprint`), so another dataset of the same size is another run."""
   return {"name": data.name, "train": len(data.train_labels), "test": len(data.test_labels),
-          "image_shape": list(data.image_shape), "num_classes": data.num_classes}
+          "image_shape": list(data.image_shape), "num_classes": data.num_classes, "sha256": fingerprint(data)["sha256"]}
 
 
 def _json_safe(value):
@@ -98,10 +103,11 @@ def run_sweep(base: StudyConfig, grid_items: list[str], *, out_dir: str | Path, 
   if baseline is None:
     baseline = next((v for v in variants if "method=supervised" in v.split()), variants[0])
   if data is None:  # a given dataset is used as it is; `subset` then only records how it was cut
-    data = subset_data(load_dataset(base.dataset, tfds_data_dir=base.tfds_data_dir, download=base.download), subset)
+    data = subset_data(load_dataset(base.dataset, tfds_data_dir=base.tfds_data_dir, download=base.download,
+                                     num_classes=base.num_classes), subset)
   data.require_plain_images("sweeps")  # before any teacher trains
   for cfg in dict.fromkeys(r.cfg for r in runs):  # every teacher and student of the grid takes this data
-    check_models_fit_data(cfg, data)
+    check_models_fit_data(cfg, data, trains=("teacher", "distilled"))  # a sweep trains no cfg.student
     refuse_compression(cfg.distilled, "sweeps")
   for r in {(r.method, r.hparams, r.cfg.distilled, r.cfg.teacher): r for r in runs}.values():
     method = make_method(r.method, **dict(r.hparams))
@@ -110,7 +116,18 @@ def run_sweep(base: StudyConfig, grid_items: list[str], *, out_dir: str | Path, 
     except ValueError as e:
       raise ValueError(f"run {r.variant!r}: {e}") from None
   out_dir = Path(out_dir)
-  out_dir.mkdir(parents=True, exist_ok=True)
+  with exclusive(out_dir, "kdjax sweep"):  # one writer per output folder; it must take the results before any run
+    check_writable(out_dir)
+    for path in remove_leftovers(out_dir):
+      print(f"removed {path}, left by an interrupted write", flush=True)
+    return _run_grid(base, grid, runs, variants, data, out_dir, subset=subset, data_seed=data_seed,
+                     teacher_seed=teacher_seed, baseline=baseline, progress=progress,
+                     include_unhealthy=include_unhealthy, max_parallel=max_parallel)
+
+
+def _run_grid(base: StudyConfig, grid, runs: list[Run], variants: list[str], data: ArrayDataset, out_dir: Path, *,
+              subset: int | None, data_seed: int, teacher_seed: int, baseline: str, progress: bool,
+              include_unhealthy: bool, max_parallel: int | None) -> SweepResult:
   store = out_dir / "results.jsonl"
   configs = {id(r): {**run_config(r, data_seed=data_seed, teacher_seed=teacher_seed, subset=subset),
                      "data": _data_identity(data)} for r in runs}

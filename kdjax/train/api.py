@@ -15,7 +15,8 @@ from kdjax.config import TrainConfig, check_compression, check_teacher_cache, ru
 from kdjax.data.dataset import ArrayDataset
 from kdjax.data.text import check_saved_vocab, save_vocab, vocab_fingerprint
 from kdjax.health import HealthThresholds, judge_run, majority_share
-from kdjax.methods import Method, hinton_kd, init_method, multi_teacher_kd, supervised
+from kdjax.identity import array_digest, fingerprint, identity
+from kdjax.methods import Method, hinton_kd, init_method, method_identity, multi_teacher_kd, supervised
 from kdjax.models import create_model, feature_shapes, split_model
 from kdjax.train.checkpoint import Checkpointing, restore_run
 from kdjax.train.evaluation import make_eval_step
@@ -43,6 +44,7 @@ class TrainedModel:
   ema: Any = None  # a mean-teacher run's moving average of the student, {"params", "rest"}
   vocabulary: str | None = None  # text models: the fingerprint of the vocabulary its token ids index
   health: dict[str, Any] | None = None  # kdjax.health.judge_run's verdict on its training (None: not judged)
+  identity: str | None = None  # the hash of the run that trained it (kdjax.identity; None: not known)
 
   @property
   def variables(self) -> dict[str, Any]:
@@ -113,6 +115,36 @@ def _identity(cfg: TrainConfig, data: ArrayDataset) -> dict[str, Any]:
     identity["compression"] = {k: getattr(cfg, k) for k in ("fake_quant", "prune_sparsity", "prune_start",
                                                             "prune_end", "prune_every", "prune_scope")}
   return identity
+
+
+def teacher_identity(teacher: Teachers) -> str | dict[str, str] | None:
+  """What stands for a teacher in a student's run identity: the hash of the run that trained it, or
+  for a model of unknown origin a hash of its variables (a dict of them for several teachers)."""
+  if teacher is None:
+    return None
+  if isinstance(teacher, dict):
+    return {name: teacher_identity(t) for name, t in teacher.items()}
+  if teacher.identity is not None:
+    return teacher.identity
+  return "variables:" + array_digest(*(np.asarray(a) for a in jax.tree.leaves(teacher.variables)))
+
+
+def run_identity(data: ArrayDataset, cfg: TrainConfig, method: Method, *, seed: int, data_seed: int | None = None,
+                 teacher: str | dict[str, str] | None = None, ema_decay: float | None = None) -> dict[str, Any]:
+  """The identity (:func:`kdjax.identity.identity`: fields and hash) of the run of ``cfg`` and
+  ``method`` on ``data`` with these seeds, distilling from the teacher(s) of identity ``teacher``
+  (:func:`teacher_identity`): what its checkpoints and results are stored with, and what a resume
+  must match."""
+  config = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _SAME_RESULT}
+  data_fields = {k: v for k, v in fingerprint(data).items() if k != "name"}  # its bytes, wherever it is kept
+  return identity(config=config, method=method_identity(method), seed=seed,
+                  data_seed=seed if data_seed is None else data_seed, ema_decay=ema_decay, teacher=teacher,
+                  data=data_fields)
+
+
+# TrainConfig fields that change how fast a run goes, not what it computes (kdjax.config documents them so):
+# a run may be resumed with other values.
+_SAME_RESULT = ("steps_per_call", "teacher_cache")
 
 
 def _vocabulary(data: ArrayDataset) -> str | None:
@@ -196,8 +228,10 @@ def _train(data: ArrayDataset, cfg: TrainConfig, method: Method, *, seed: int, d
         t_graphdef, t_vars, teacher_images(data), path=None if cfg.teacher_cache == "device" else cfg.teacher_cache,
         features=cfg.cache_features, precision=cfg.precision, augmented=bool(cfg.jitter or cfg.hflip))
     t_vars = None
+  run = run_identity(data, cfg, method, seed=seed, data_seed=data_seed, teacher=teacher_identity(teacher),
+                     ema_decay=ema_decay)
   checkpointing = None if checkpoint_dir is None else Checkpointing(
-      checkpoint_dir, every_steps=checkpoint_every, resume=resume, identity=_identity(cfg, data))
+      checkpoint_dir, every_steps=checkpoint_every, resume=resume, identity=_identity(cfg, data), run=run)
   if checkpoint_dir is not None and data.is_text:
     vocab_file = Path(checkpoint_dir) / "vocab.json"
     if vocab_file.exists():  # another run's: never overwritten, and it must be this data's
@@ -214,7 +248,7 @@ def _train(data: ArrayDataset, cfg: TrainConfig, method: Method, *, seed: int, d
                       thresholds=HealthThresholds() if health is None else health)
   return TrainedModel(cfg.model, data.num_classes, data.image_shape, graphdef,
                       result.state.params, result.state.rest, result, result.state.method_params,
-                      result.state.ema, _vocabulary(data), verdict)
+                      result.state.ema, _vocabulary(data), verdict, run["hash"])
 
 
 def restore_trained(checkpoint_dir: str | Path, cfg: TrainConfig, data: ArrayDataset, *,
@@ -240,8 +274,9 @@ def restore_trained(checkpoint_dir: str | Path, cfg: TrainConfig, data: ArrayDat
                      f"{cfg.batch_size}); finish that run (resume it) or give its config")
   test = {k[5:]: v for k, v in history[-1].items() if k.startswith("test_")}
   fit_result = FitResult(state=state, history=history, test=test, wall_s=meta["wall_s"])
+  stored = meta.get("run_identity") or {}
   return TrainedModel(cfg.model, data.num_classes, data.image_shape, graphdef, state.params, state.rest,
-                      fit_result, state.method_params, state.ema, _vocabulary(data))
+                      fit_result, state.method_params, state.ema, _vocabulary(data), identity=stored.get("hash"))
 
 
 def train_teacher(data: ArrayDataset, cfg: TrainConfig, *, seed: int = 0, **kwargs) -> TrainedModel:
@@ -308,8 +343,9 @@ def distill(data: ArrayDataset, cfg: TrainConfig, teacher: TrainedModel | dict[s
   if method is None:
     if alpha is None or temperature is None:
       raise ValueError("distill needs alpha and temperature (Hinton KD), or a method")
-    method = (multi_teacher_kd(alpha=alpha, temperature=temperature) if isinstance(teacher, dict)
-              else hinton_kd(alpha=alpha, temperature=temperature))
+    name, make = ("multi_teacher", multi_teacher_kd) if isinstance(teacher, dict) else ("hinton", hinton_kd)
+    method = dataclasses.replace(make(alpha=alpha, temperature=temperature),
+                                 identity=(("name", name), ("alpha", alpha), ("temperature", temperature)))
   elif alpha is not None or temperature is not None:
     raise ValueError("give either a method or alpha and temperature, not both: the method carries its own")
   kwargs.setdefault("desc", f"distill {cfg.model} seed {seed}")

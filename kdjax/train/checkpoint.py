@@ -26,6 +26,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from kdjax.identity import differences
 from kdjax.parallel import is_key
 
 
@@ -44,16 +45,28 @@ def save_pytree(path: str | os.PathLike, tree) -> Path:
   path = Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   tmp = path.with_suffix(path.suffix + ".tmp")
-  with open(tmp, "wb") as f:
-    np.savez(f, **_flat(tree))
-  os.replace(tmp, path)
+  try:
+    with open(tmp, "wb") as f:
+      np.savez(f, **_flat(tree))
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except OSError as e:  # a full or read-only disk: nothing half-written stays behind
+    tmp.unlink(missing_ok=True)
+    raise OSError(e.errno, f"could not write {path}: {e.strerror or e}") from None
   return path
 
 
 def load_pytree(path: str | os.PathLike, like):
-  """Reads arrays saved by :func:`save_pytree` into the structure of ``like``."""
-  with np.load(path) as z:
-    stored = dict(z)
+  """Reads arrays saved by :func:`save_pytree` into the structure of ``like``; a damaged file is a
+  ``ValueError`` naming it."""
+  try:
+    with np.load(path) as z:
+      stored = dict(z)
+  except FileNotFoundError:
+    raise
+  except Exception as e:  # noqa: BLE001 - BadZipFile, EOFError, OSError, ValueError: a damaged file
+    raise ValueError(f"{path} is damaged ({type(e).__name__}: {str(e)[:120]}); delete it and save it again") from None
   leaves, treedef = jax.tree_util.tree_flatten_with_path(like)
   out = []
   for p, leaf in leaves:
@@ -73,13 +86,16 @@ class Checkpointing:
   every epoch only; otherwise also after the first call that reaches each multiple of it.
   ``resume`` starts from the newest complete checkpoint in ``directory`` if there is one.
   ``identity`` (e.g. ``{"model": "resnet8x4", "num_classes": 100}``) is stored with each
-  checkpoint and must match on restore."""
+  checkpoint and must match on restore. ``run`` is the run's whole identity
+  (:func:`kdjax.identity.identity`: config, method, seeds, teacher, data), stored with each checkpoint;
+  a checkpoint of another run is refused on restore, naming the fields that differ."""
 
   directory: str | os.PathLike
   every_steps: int = 0
   keep: int = 3
   resume: bool = False
   identity: dict[str, Any] = dataclasses.field(default_factory=dict)
+  run: dict[str, Any] | None = None
 
   def __post_init__(self):
     if self.every_steps < 0:
@@ -117,21 +133,47 @@ def save_run(checkpointing: Checkpointing, step: int, state, meta: dict[str, Any
   import orbax.checkpoint as ocp
   manager = _manager(checkpointing.directory, checkpointing.keep)
   meta = {**meta, "identity": checkpointing.identity, "signature": state_signature(state)}
+  if checkpointing.run is not None:
+    meta["run_identity"] = checkpointing.run
   manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(_storable(state)),
                                              meta=ocp.args.JsonSave(meta)), force=True)
   manager.wait_until_finished()
   manager.close()
 
 
-def read_identity(directory) -> dict[str, Any] | None:
-  """The identity stored with the newest checkpoint in ``directory`` (``None`` if none)."""
+def read_meta(directory) -> dict[str, Any] | None:
+  """The metadata (position, history, identities) of the newest checkpoint in ``directory`` whose
+  metadata reads (``None`` if none)."""
   import orbax.checkpoint as ocp
   for step in checkpoint_steps(directory):
     try:
-      return _restore(directory, step, meta=ocp.args.JsonRestore())["meta"]["identity"]
+      return _restore(directory, step, meta=ocp.args.JsonRestore())["meta"]
     except Exception:  # noqa: BLE001 - damaged: an older one may do
       continue
   return None
+
+
+def read_identity(directory) -> dict[str, Any] | None:
+  """The identity stored with the newest checkpoint in ``directory`` (``None`` if none)."""
+  meta = read_meta(directory)
+  return None if meta is None else meta["identity"]
+
+
+def run_mismatch(directory, meta: dict[str, Any], run: dict[str, Any] | None) -> str | None:
+  """Why the checkpoint whose ``meta`` this is cannot resume the run of identity ``run``: the fields
+  that differ, in one line; ``None`` if it can (or either side has no run identity: older checkpoints;
+  a field only one side has, one another kdjax version added or dropped, is not a difference)."""
+  stored = meta.get("run_identity")
+  if run is None or not stored or stored.get("hash") == run["hash"]:
+    return None
+  # Fields only one side has (a setting a later kdjax added or dropped) do not count: their defaults keep results.
+  saved = stored.get("fields", {})
+  common = set(saved) & set(run["fields"])
+  changed = differences({k: saved[k] for k in common}, {k: run["fields"][k] for k in common})
+  if not changed:
+    return None
+  return (f"the checkpoint in {directory} is of another run, {len(changed)} setting(s) differ (saved -> now): "
+          f"{'; '.join(changed)}. Resume it with the settings it was made with, or start afresh in another workdir")
 
 
 def checkpoint_steps(directory) -> list[int]:
@@ -161,6 +203,8 @@ def restore_run(checkpointing: Checkpointing, like) -> tuple[Any, dict[str, Any]
       meta = _restore(directory, step, meta=ocp.args.JsonRestore())["meta"]
       target = _before_data_stream(like) if meta.get("signature") == _legacy_signature(like) else like
       _check_identity(directory, step, meta, checkpointing.identity, state_signature(target))
+      if (why := run_mismatch(directory, meta, checkpointing.run)) is not None:
+        raise _Mismatch(why)
       abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), _dtype(a)), _storable(target))
       state = _restore(directory, step, state=ocp.args.StandardRestore(abstract))["state"]
     except _Mismatch as e:

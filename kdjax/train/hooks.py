@@ -1,7 +1,7 @@
 """Hooks: what the fit loop (:func:`kdjax.train.fit`) calls at fixed points of a run.
 
 A :class:`Hook` is a few optional callables; :func:`kdjax.train.fit` calls them in order, the
-built-in ones first (non-finite stop, checkpoints, the JSONL log, the progress bar, in that order),
+built-in ones first (non-finite stop, the JSONL log, checkpoints, the progress bar, in that order),
 then those passed as ``fit(..., hooks=[...])``:
 
 - ``on_step(StepMetrics)``: each call's metrics, fetched to the host one call late (the device
@@ -35,6 +35,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import MappingProxyType
@@ -135,8 +136,13 @@ def save_checkpoints(checkpointing: Checkpointing, **position: int) -> Hook:
   return Hook(on_save_point=save, every_steps=checkpointing.every_steps)
 
 
-def jsonl_log(path: str | Path) -> Hook:
-  """Appends each epoch's record to ``path`` as one JSON line."""
+def jsonl_log(path: str | Path, *, run: Mapping[str, Any] | None = None, kept_epochs: int | None = None) -> Hook:
+  """Appends each epoch's record to ``path`` as one JSON line. A resumed run passes ``kept_epochs``,
+  the epochs its checkpoint holds: its lines past them (those of ``run``'s fields, e.g. ``{"run":
+  "student", "seed": 1}``, written after that checkpoint, or before a fall-back to an older one) are
+  removed first, so the log reads as the uninterrupted run's, each epoch once."""
+  if kept_epochs is not None:
+    rewind_log(path, run or {}, kept_epochs)
   log_file = open(path, "a")  # noqa: SIM115 - closed by the hook's close
 
   def write(point: SavePoint) -> None:
@@ -145,6 +151,34 @@ def jsonl_log(path: str | Path) -> Hook:
       log_file.flush()
 
   return Hook(on_save_point=write, close=log_file.close)
+
+
+def rewind_log(path: str | Path, run: Mapping[str, Any], kept_epochs: int) -> None:
+  """Removes from the JSONL log ``path`` the epoch lines of ``run`` (every line whose fields include
+  ``run``'s) past epoch ``kept_epochs``; other lines stay as they are, byte for byte. The file is
+  replaced whole (written aside, then renamed): a crash leaves the old log or the new one."""
+  path = Path(path)
+  if not path.exists():
+    return
+  lines = path.read_bytes().splitlines(keepends=True)
+
+  def stale(line: bytes) -> bool:
+    try:
+      record = json.loads(line)
+    except ValueError:
+      return not line.endswith(b"\n")  # a line cut short by a crash
+    return (isinstance(record, dict) and isinstance(record.get("epoch"), int) and record["epoch"] > kept_epochs
+            and all(record.get(k) == v for k, v in run.items()))
+
+  kept = [line if line.endswith(b"\n") else line + b"\n" for line in lines if not stale(line)]
+  if kept == lines:
+    return
+  tmp = path.with_name(path.name + ".tmp")
+  try:
+    tmp.write_bytes(b"".join(kept))
+    os.replace(tmp, path)
+  finally:
+    tmp.unlink(missing_ok=True)
 
 
 def judge_health(majority: float, thresholds: HealthThresholds | None = None, main_stage: float = 0.0) -> Hook:

@@ -175,8 +175,9 @@ def fit(state: TrainState, train_step: Callable, eval_step: Callable | None, dat
   if start.step == 0:  # the levels a run's health is judged against: the test metrics before any step
     initial.update({f"test_{k}": v for k, v in evaluate_state(state).items()})
   t0 = time.perf_counter()
+  resumed = checkpointing is not None and checkpointing.resume  # its log is rewound to the checkpoint's epochs
   built_in = _built_in_hooks(desc, schedule, start.step, checkpointing, log_path if primary else None,
-                             progress and primary)
+                             progress and primary, log_fields or {}, len(start.history) if resumed else None)
   run = _Run(lambda s, batch: train_step(s, teacher_vars, batch), feed, schedule, evaluate_state,
              (*built_in, *hooks), log_fields or {}, lambda: start.wall_s + time.perf_counter() - t0, initial)
   history = start.history
@@ -194,16 +195,18 @@ def fit(state: TrainState, train_step: Callable, eval_step: Callable | None, dat
 
 
 def _built_in_hooks(desc: str, schedule: _Schedule, start: int, checkpointing: Checkpointing | None,
-                    log_path: str | Path | None, show_progress: bool) -> list[Hook]:
-  """The non-finite stop (first: the others see finite metrics only), checkpoints, then the JSONL
-  log (so an epoch's line follows its checkpoint: a crash between them logs no epoch twice on
-  resume), and the progress bar."""
+                    log_path: str | Path | None, show_progress: bool, log_fields: Mapping[str, Any],
+                    kept_epochs: int | None) -> list[Hook]:
+  """The non-finite stop (first: the others see finite metrics only), the JSONL log, then
+  checkpoints (so an epoch's line is written before its checkpoint: a crash between them leaves a
+  line past the checkpoint, which the resumed run's log drops and writes again, never a checkpoint
+  without its line), and the progress bar."""
   hooks = [stop_on_non_finite(desc)]
+  if log_path:
+    hooks.append(jsonl_log(log_path, run=log_fields, kept_epochs=kept_epochs))
   if checkpointing is not None:
     hooks.append(save_checkpoints(checkpointing, n_steps=schedule.n_steps, batch_size=schedule.batch_size,
                                   seed=schedule.seed, epochs=schedule.epochs))
-  if log_path:
-    hooks.append(jsonl_log(log_path))
   total = schedule.epochs * schedule.n_steps
   hooks.append(progress_bar(desc, total=total, initial=min(start, total), enabled=show_progress))
   return hooks
