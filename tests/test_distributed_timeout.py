@@ -50,6 +50,7 @@ def _assert_clean(proc, took, address, status=2):
   return lines[1]
 
 
+@pytest.mark.slow  # the CLI case below runs by default; these two each wait out a timeout too
 def test_the_coordinator_alone_fails_with_one_line_within_its_timeout():
   address = f"localhost:{_free_port()}"
   proc, took = _run(_join(address, 2, 0, 3))
@@ -57,6 +58,7 @@ def test_the_coordinator_alone_fails_with_one_line_within_its_timeout():
   assert "process 0 of 2" in line and "process 1 did not connect" in line
 
 
+@pytest.mark.slow  # the CLI case below runs by default; these two each wait out a timeout too
 def test_a_process_that_finds_no_coordinator_fails_with_one_line_within_its_timeout():
   address = f"localhost:{_free_port()}"
   proc, took = _run(_join(address, 2, 1, 3))

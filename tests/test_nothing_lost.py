@@ -22,7 +22,8 @@ from kdjax.train.hooks import rewind_log
 
 SHORT = ["--seeds", "0", "--no-progress", "--allow-unhealthy", "--set", "teacher.epochs=1", "--set", "student.epochs=1",
          "--set", "distilled.epochs=1", "--set", "teacher.model=mlp100", "--set", "student.model=mlp100",
-         "--set", "distilled.model=mlp100", "--set", "augmented_control=false"]
+         "--set", "distilled.model=mlp100", "--set", "augmented_control=false", "--set", "teacher.batch_size=256",
+         "--set", "student.batch_size=256", "--set", "distilled.batch_size=256"]
 
 
 def _idx_copy(directory: Path, change_label: bool = False) -> Path:
