@@ -172,3 +172,14 @@ def test_a_sweep_with_a_batch_larger_than_the_split_trains_nothing(tmp_path, cap
   assert "distilled.batch_size 100000 is larger than the training set (300 examples of mnist_subset[:300])" \
       in captured.err, captured.err
   assert not (tmp_path / "results.jsonl").exists()
+
+
+def test_a_sweep_without_a_teacher_does_not_check_the_teachers_batch(tmp_path, capsys):
+  """Only runs that distill train the teacher: a grid of students alone may use data smaller than its batch."""
+  from kdjax.cli import main
+  args = ["sweep", "--grid", "method=supervised", "--subset", "200", "--set", "teacher.batch_size=256",
+          "--set", "distilled.batch_size=100", "--set", "distilled.epochs=1", "--out", str(tmp_path), "--no-progress",
+          "--allow-unhealthy"]  # one epoch of two steps: not a result, only a run that starts
+  assert main(args) == 0, capsys.readouterr().err
+  assert main([*args[:2], "method=supervised,hinton", *args[3:]]) == 2  # now one distills: the teacher's batch counts
+  assert "teacher.batch_size 256 is larger than the training set" in capsys.readouterr().err

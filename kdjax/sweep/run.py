@@ -106,8 +106,10 @@ def run_sweep(base: StudyConfig, grid_items: list[str], *, out_dir: str | Path, 
     data = subset_data(load_dataset(base.dataset, tfds_data_dir=base.tfds_data_dir, download=base.download,
                                      num_classes=base.num_classes), subset)
   data.require_plain_images("sweeps")  # before any teacher trains
+  teaching = {r.cfg for r in runs if make_method(r.method, **dict(r.hparams)).needs_teacher}
   for cfg in dict.fromkeys(r.cfg for r in runs):  # every teacher and student of the grid takes this data
-    check_models_fit_data(cfg, data, trains=("teacher", "distilled"))  # a sweep trains no cfg.student
+    # a sweep trains no cfg.student, and a teacher only for the runs that distill from one
+    check_models_fit_data(cfg, data, trains=("teacher", "distilled") if cfg in teaching else ("distilled",))
     refuse_compression(cfg.distilled, "sweeps")
   for r in {(r.method, r.hparams, r.cfg.distilled, r.cfg.teacher): r for r in runs}.values():
     method = make_method(r.method, **dict(r.hparams))
