@@ -24,23 +24,35 @@ _ARRAYS = ("train_images", "train_labels", "test_images", "test_labels", "unlabe
            "teacher_train_images")
 
 
-def plain(value: Any) -> Any:
-  """``value`` as JSON would store it: tuples as lists, NumPy scalars and arrays as Python numbers and
-  lists, floats with an integral value as ints (``4.0`` and ``4`` are one value), dict keys as strings.
-  Anything else is its ``repr``."""
+def plain(value: Any, *, strict: bool = False) -> Any:
+  """``value`` as JSON stores it, with the differences that do not change a setting removed, for hashing.
+
+  Floats with an integral value become ints (``4.0`` -> ``4``, ``-0.0`` -> ``0``), so a value written
+  as ``4`` in one place and ``4.0`` in another is one value; other floats are kept (JSON writes them
+  with ``repr``, the shortest text that reads back to the same float). Tuples become lists, NumPy
+  scalars and arrays Python numbers and lists, dict keys strings (JSON's keys). Bools stay bools:
+  ``True`` and ``1`` differ. Anything else is its ``repr``, or with ``strict`` a ``TypeError``.
+  """
   if isinstance(value, bool) or value is None or isinstance(value, str):
     return value
   if isinstance(value, Mapping):
-    return {str(k): plain(v) for k, v in value.items()}
+    return {str(k): plain(v, strict=strict) for k, v in value.items()}
   if isinstance(value, (list, tuple)):
-    return [plain(v) for v in value]
-  if hasattr(value, "tolist") and callable(value.tolist):
-    return plain(value.tolist())
+    return [plain(v, strict=strict) for v in value]
+  if hasattr(value, "tolist") and callable(value.tolist):  # a NumPy scalar or array
+    return plain(value.tolist(), strict=strict)
   if isinstance(value, int):
     return int(value)
   if isinstance(value, float):
     return int(value) if math.isfinite(value) and value.is_integer() else value
+  if strict:
+    raise TypeError(f"config value {value!r} of type {type(value).__name__} is not JSON-able")
   return repr(value)
+
+
+def canonical_json(value: Any, *, strict: bool = False) -> str:
+  """``value`` as compact JSON with sorted keys and :func:`plain` values: the text a hash is taken of."""
+  return json.dumps(plain(value, strict=strict), sort_keys=True, separators=(",", ":"), ensure_ascii=True)
 
 
 def flatten(parts: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -58,8 +70,7 @@ def flatten(parts: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def digest(fields: Mapping[str, Any]) -> str:
   """A 16-hex-character SHA-256 of ``fields`` (key order and int-or-float spelling do not matter)."""
-  text = json.dumps(plain(dict(fields)), sort_keys=True, separators=(",", ":"), ensure_ascii=True)
-  return hashlib.sha256(text.encode("ascii")).hexdigest()[:16]
+  return hashlib.sha256(canonical_json(dict(fields)).encode("ascii")).hexdigest()[:16]
 
 
 def identity(**parts: Any) -> dict[str, Any]:

@@ -281,7 +281,7 @@ def experiment_data(cfg: StudyConfig, subset: int | None = None, *, inputs: str 
   or data that is not ``inputs`` ("image" or "text") where the experiment needs one kind, exits
   with a message naming ``prog`` (for the experiment scripts)."""
   data = load_dataset(cfg.dataset, tfds_data_dir=cfg.tfds_data_dir, download=cfg.download,
-                        num_classes=cfg.num_classes)
+                      num_classes=cfg.num_classes)
   if inputs is not None and data.is_text != (inputs == "text"):
     raise SystemExit(f"{prog}: {data.name} is {'text' if data.is_text else 'images'}, but this experiment takes "
                      + ("text (negation, rotten_tomatoes or tfds:imdb_reviews)" if inputs == "text" else "images"))

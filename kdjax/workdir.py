@@ -124,14 +124,15 @@ def check_writable(directory: str | os.PathLike, min_free: int = MIN_FREE_BYTES)
                       f"{min_free / 2**20:.0f} MiB for its checkpoints and logs); free some space or choose another folder")
 
 
-def write_atomic(path: str | os.PathLike, text: str) -> None:
-  """Replaces ``path``'s contents with ``text`` whole: written aside, synced, then renamed, so a crash
-  or a full disk leaves the old file, never a cut one (and no temporary file)."""
+def write_atomic(path: str | os.PathLike, data: str | bytes) -> None:
+  """Replaces ``path``'s contents with ``data`` (text is written as UTF-8) whole: written aside,
+  synced, then renamed, so a crash or a full disk leaves the old file, never a cut one (and no
+  temporary file)."""
   path = Path(path)
   tmp = path.with_name(path.name + ".tmp")
   try:
-    with open(tmp, "w") as f:
-      f.write(text)
+    with open(tmp, "wb") as f:
+      f.write(data.encode("utf-8") if isinstance(data, str) else data)
       f.flush()
       os.fsync(f.fileno())
     os.replace(tmp, path)

@@ -24,47 +24,19 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from kdjax.identity import canonical_json
+
 ID_LENGTH = 12
 
 
-def canonical(value: Any) -> Any:
-  """``value`` with the differences that do not change a config removed, for hashing.
-
-  Floats with an integral value become ints (``4.0`` -> ``4``, ``-0.0`` -> ``0``), so a value
-  written as ``4`` in one place and ``4.0`` in another gives the same id; other floats are kept
-  (JSON writes them with ``repr``, the shortest text that reads back to the same float). Tuples
-  become lists, numpy scalars and arrays become Python numbers and lists, and dict keys become
-  strings (JSON's keys). Bools stay bools: ``True`` and ``1`` are different configs.
-  """
-  if isinstance(value, bool) or value is None or isinstance(value, str):
-    return value
-  if isinstance(value, dict):
-    return {str(k): canonical(v) for k, v in value.items()}
-  if isinstance(value, (list, tuple)):
-    return [canonical(v) for v in value]
-  if hasattr(value, "tolist") and callable(value.tolist):  # numpy scalar or array
-    return canonical(value.tolist())
-  if isinstance(value, int):
-    return int(value)
-  if isinstance(value, float):
-    if math.isfinite(value) and value.is_integer():
-      return int(value)
-    return value
-  raise TypeError(f"config value {value!r} of type {type(value).__name__} is not JSON-able")
-
-
-def canonical_json(config: dict[str, Any]) -> str:
-  """The config as compact JSON with sorted keys and :func:`canonical` values."""
-  return json.dumps(canonical(config), sort_keys=True, separators=(",", ":"), ensure_ascii=True)
-
-
 def run_id(config: dict[str, Any]) -> str:
-  """A stable 12-hex-character id of a run: the start of the SHA-256 of :func:`canonical_json`.
+  """A stable 12-hex-character id of a run: the start of the SHA-256 of its config as
+  :func:`kdjax.identity.canonical_json` writes it (a value JSON cannot hold is a ``TypeError``).
 
   The same config gives the same id whatever the key order and whether a whole number is written
   as an int or a float (``{"temperature": 4}`` and ``{"temperature": 4.0}`` are one run).
   """
-  return hashlib.sha256(canonical_json(config).encode("ascii")).hexdigest()[:ID_LENGTH]
+  return hashlib.sha256(canonical_json(config, strict=True).encode("ascii")).hexdigest()[:ID_LENGTH]
 
 
 def _is_record(line: bytes) -> bool:

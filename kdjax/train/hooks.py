@@ -35,7 +35,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import MappingProxyType
@@ -47,6 +46,7 @@ from tqdm.auto import tqdm
 from kdjax.health import HealthThresholds, judge_run
 from kdjax.train.checkpoint import Checkpointing, save_run
 from kdjax.train.state import TrainState
+from kdjax.workdir import write_atomic
 
 
 class NonFiniteLossError(RuntimeError):
@@ -171,14 +171,8 @@ def rewind_log(path: str | Path, run: Mapping[str, Any], kept_epochs: int) -> No
             and all(record.get(k) == v for k, v in run.items()))
 
   kept = [line if line.endswith(b"\n") else line + b"\n" for line in lines if not stale(line)]
-  if kept == lines:
-    return
-  tmp = path.with_name(path.name + ".tmp")
-  try:
-    tmp.write_bytes(b"".join(kept))
-    os.replace(tmp, path)
-  finally:
-    tmp.unlink(missing_ok=True)
+  if kept != lines:
+    write_atomic(path, b"".join(kept))
 
 
 def judge_health(majority: float, thresholds: HealthThresholds | None = None, main_stage: float = 0.0) -> Hook:

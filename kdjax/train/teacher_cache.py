@@ -9,9 +9,10 @@ un-augmented images while the student sees augmented ones: that is a different m
 student no longer matches the teacher on its own view), and :func:`cache_teacher_outputs` warns.
 
 A cache file on disk is an ``.npz`` of ``fingerprint`` (:func:`teacher_fingerprint`), ``logits``
-and ``feats/<name>`` arrays. It is written atomically (a temporary ``<name>.tmp.npz`` next to it,
-then a rename), so a crash leaves either the old file or the new one, and at worst a stale temporary
-file, which the next write or :func:`check_teacher_cache_file` removes. A file that cannot be read as
+and ``feats/<name>`` arrays. It is written atomically (a temporary ``<name>.<pid>.tmp.npz`` next to
+it, then a rename), so a crash leaves either the old file or the new one, and at worst a stale
+temporary file, which the next write or :func:`check_teacher_cache_file` removes (never a live
+writer's). A file that cannot be read as
 a cache (truncated, damaged, not an ``.npz``) raises a ``ValueError`` that names it and says to delete
 it; :func:`check_teacher_cache_file` finds that (and a directory the cache cannot be written to)
 before any training, so a run fails before the teacher trains rather than after.
@@ -22,10 +23,10 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
-from glob import escape as glob_escape
 import tempfile
 import warnings
 from collections.abc import Sequence
+from glob import escape as glob_escape
 from pathlib import Path
 from typing import Any
 
@@ -180,7 +181,8 @@ def _read_cache(path: Path, arrays: str = "keep") -> tuple[str, list[str], dict[
 
 
 def save_teacher_cache(path: str | Path, cache: dict[str, Any], fingerprint: str) -> Path:
-  """Writes ``cache`` to ``path`` (``.npz``), atomically: a temporary ``<name>.tmp.npz``, synced, then a rename.
+  """Writes ``cache`` to ``path`` (``.npz``), atomically: a temporary ``<name>.<pid>.tmp.npz``, synced, then a
+  rename.
 
   A stale temporary file of an earlier, interrupted write is removed first. When writing fails
   (a full disk, a read-only directory) the temporary file is removed, ``path`` is left as it was,
@@ -234,7 +236,7 @@ def check_teacher_cache_file(path: str | Path) -> bool:
   and rewritten then). A missing file is fine (it will be written), provided the directory it would
   be written to (or, when that does not exist yet, its nearest existing ancestor) is writable: that
   is probed with a temporary file, removed at once, and a failure raises an ``OSError`` naming
-  ``path``. A stale ``<name>.tmp.npz`` left by an interrupted write is removed, with a warning.
+  ``path``. A stale temporary file left by an interrupted write is removed, with a warning.
   """
   path = Path(path)
   try:
