@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Issue 6 on one lent GPU, in one call: the PyTorch peer, kdjax's KD-step benchmark and the
 # K-students (vmap) figure, all on the same GPU in the same run (a ratio measured in one run is
-# what counts, see ../shared/PERFORMANCE.md). About 8 minutes at most on an H100.
+# what counts, see ../shared/PERFORMANCE.md). About 10 minutes at most on an H100 (the LM part, LM_S, 2 at most).
 #
 #   bash benchmarks/gpu_issue6.sh [PEER_SCRIPT]    # run from the repository root
 #
@@ -12,6 +12,7 @@
 #   peer_torch.jsonl   one JSON line per (variant, batch) of the PyTorch peer
 #   kdjax_bench.jsonl  one JSON line per row of benchmarks/kd_step.py; kdjax_bench.txt its log and table
 #   sweep.jsonl        one JSON line per K of benchmarks/sweep_throughput.py; sweep.txt its table
+#   lm_step.jsonl      one JSON line per row of benchmarks/lm_step.py (the language-model step, tokens/s)
 # Each part runs under a time limit (seconds: PEER_S, KDJAX_S, SWEEP_S; kd_step.py starts no row
 # after KDJAX_BUDGET_S); a part cut short keeps the lines it wrote. The exit status is 1 if any
 # part failed or ran out of time.
@@ -39,6 +40,10 @@ echo "== kdjax: K students at once, benchmarks/sweep_throughput.py ($((SECONDS -
 timeout "${SWEEP_S:-90}" $PY benchmarks/sweep_throughput.py --preset cifar100_resnet32x4_resnet8x4 --ks 1,4,8,16 \
   2>&1 | tee "$OUT/sweep.txt" || status=1
 grep '^{' "$OUT/sweep.txt" > "$OUT/sweep.jsonl" || true
+
+echo "== kdjax: the language-model step, benchmarks/lm_step.py ($((SECONDS - t0)) s)"
+timeout "${LM_S:-120}" $PY benchmarks/lm_step.py --seq-len 256 --batch 64 --precision bf16 --large \
+  --json "$OUT/lm_step.jsonl" 2>&1 | tee "$OUT/lm_step.txt" || status=1
 
 echo "== done in $((SECONDS - t0)) s, status $status"
 exit $status

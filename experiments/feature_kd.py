@@ -22,14 +22,14 @@ from pathlib import Path
 import jax
 
 from kdjax.config import to_dict
-from kdjax.methods import PAPERS, make_method
+from kdjax.methods import PAPERS, make_method, method_spec
 from kdjax.study import add_experiment_args, environment, experiment_config, experiment_data, mean_pm, select, write_results
 from kdjax.train import NonFiniteLossError, distill, train_student, train_teacher
 
-# The table's rows: every registered method, the student alone, and Hinton KD with logit
-# standardization.
+# The table's rows: every registered image method, the student alone, and Hinton KD with logit
+# standardization (the language-model methods have their own study, kdjax.lm_study).
 ROWS = {"supervised": "student alone (same augmentation)",
-        **{name: paper for name, paper in PAPERS.items() if name != "supervised"},
+        **{name: paper for name, paper in PAPERS.items() if name != "supervised" and method_spec(name).family != "lm"},
         "hinton+ls": "Hinton KD + logit standardization (Sun et al. 2024)"}
 
 

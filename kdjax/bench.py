@@ -72,6 +72,8 @@ from kdjax.presets import PRESETS
 from kdjax.sweep.grid import Run
 from kdjax.sweep.train import group_hparams, group_step, init_group
 from kdjax.train import fit, init_train_state, make_train_step
+from kdjax.train.cohort import stack_states
+from kdjax.train.lm import make_lm_step
 
 MODES = ("step", "epoch", "cached")
 
@@ -617,3 +619,69 @@ def write_jsonl(reports: list[dict[str, Any]], path: str | Path) -> None:
   path.parent.mkdir(parents=True, exist_ok=True)
   with open(path, "a") as f:
     f.write(to_jsonl(reports))
+
+
+def bench_lm(teacher: str | None = "lm_small", student: str = "lm_tiny", *, method: str = "lm_kd", batch: int = 32,
+             seq_len: int = 128, vocab: int = 259, students: int = 1, precision: str = "fp32", topk: int | None = None,
+             steps: int = 20, windows: int = 3, warmup: int = 3, backend: str | None = None,
+             peak_tflops: float | None = None, seed: int = 0) -> dict[str, Any]:
+  """Times the language-model step (:func:`kdjax.train.lm.make_lm_step`, ``cohort`` of ``students``
+  seeds) on random tokens already on the device: ``tokens_per_s`` counts student tokens (``K·B·L``
+  per step), the median of ``windows`` windows of ``steps`` steps after ``warmup``; FLOPs are XLA's
+  count of the compiled step. ``teacher=None`` times the student alone (``method="lm_sft"``)."""
+
+  device = resolve_device(backend)
+  for name, value in (("batch", batch), ("seq_len", seq_len), ("students", students), ("steps", steps),
+                      ("windows", windows)):
+    _positive_int(name, value)
+  m = make_method(method)
+  if m.needs_teacher and teacher is None:
+    raise ValueError(f"method {method!r} needs a teacher")
+  build = lambda name, s: split_model(create_model(name, num_classes=vocab, input_shape=(seq_len,), seed=s))
+  t_graphdef = tv = None
+  t_shapes = {}
+  if m.needs_teacher:
+    t_graphdef, t_params, t_rest = build(teacher, seed + 100)
+    tv = {"params": t_params, "rest": t_rest}
+    t_shapes = feature_shapes(t_graphdef, t_params, t_rest, (seq_len,))
+  tx = _optimizer(steps * (windows + warmup + 1))
+  states = []
+  for k in range(students):
+    graphdef, params, rest = build(student, seed + k)
+    mp, ms = init_method(m, jax.random.key(seed + k), feature_shapes(graphdef, params, rest, (seq_len,)), t_shapes, 0)
+    states.append(init_train_state(params, rest, tx, jax.random.key(seed + k), mp, ms))
+  state = stack_states(states)
+  tokens = jax.random.randint(jax.random.key(seed + 7), (batch, seq_len + 1), 3, vocab, jnp.int32)
+  data = {"tokens": tokens[:, :-1], "targets": tokens[:, 1:], "segments": jnp.ones((batch, seq_len), jnp.int32),
+          "positions": jnp.broadcast_to(jnp.arange(seq_len, dtype=jnp.int32), (batch, seq_len)),
+          "mask": jnp.ones((batch, seq_len), jnp.float32)}
+  state, tv, data = jax.device_put((state, tv, data), device)
+  step = make_lm_step(graphdef, tx, m, teacher_graphdef=t_graphdef if m.needs_teacher else None, topk=topk,
+                      precision=precision, cohort=True)
+  t0 = time.perf_counter()
+  compiled = step.lower(state, tv, data).compile()
+  compile_s = time.perf_counter() - t0
+  flops = _flops(compiled.cost_analysis())
+  state, _ = step(state, tv, data)
+  state, times = _time_calls(lambda st: step(st, tv, data)[0], state, steps, windows, warmup)
+  window = float(np.median(times))
+  tokens_per_s = steps * students * batch * seq_len / window
+  peak = (peak_tflops, "given") if peak_tflops is not None else peak_tflops_for(device, precision)
+  tflops = None if flops is None else flops * steps / window / 1e12
+  return {"kind": "lm", "teacher": teacher if m.needs_teacher else None, "student": student, "method": method,
+          "batch": batch, "seq_len": seq_len, "students": students, "precision": precision, "topk": topk,
+          "tokens_per_s": tokens_per_s, "step_ms": 1e3 * window / steps, "compile_s": compile_s,
+          "flops_per_step": flops, "tflops_per_s": tflops,
+          "mfu": None if tflops is None or peak is None else tflops / peak[0], **_environment(device)}
+
+
+def format_lm_table(reports: list[dict[str, Any]]) -> str:
+  """Markdown rows of :func:`bench_lm` reports."""
+  lines = ["| teacher | student | method | top-k | K | batch x L | precision | tokens/s | step ms | TFLOP/s | MFU | "
+           "compile s |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+  for r in reports:
+    lines.append(f"| {r['teacher'] or '–'} | {r['student']} | {r['method']} | {r['topk'] or 'all'} | {r['students']} | "
+                 f"{r['batch']} x "
+                 f"{r['seq_len']} | {r['precision']} | {r['tokens_per_s']:,.0f} | {r['step_ms']:.1f} | "
+                 f"{_fmt(r['tflops_per_s'], '.3f')} | {_fmt(r['mfu'], '.1%')} | {r['compile_s']:.1f} |")
+  return "\n".join(lines)

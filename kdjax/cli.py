@@ -16,10 +16,11 @@ import itertools
 import json
 import sys
 
-from kdjax.bench import add_ratios, bench_kd, check_config, to_jsonl, write_jsonl
+from kdjax.bench import add_ratios, bench_kd, bench_lm, check_config, format_lm_table, to_jsonl, write_jsonl
 from kdjax.bench import format_table as format_bench_table
 from kdjax.config import override, validate_study
 from kdjax.health import EXIT_UNHEALTHY, warning_block
+from kdjax.lm_study import LM_PRESETS, run_lm_study, unhealthy_lm_runs, validate_lm_study
 from kdjax.methods import REGISTRY, format_hparams, method_hparams, method_spec
 from kdjax.models import get_model_spec, model_names
 from kdjax.parallel import initialize_distributed, is_primary
@@ -33,8 +34,9 @@ def _parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(prog="kdjax", description="Knowledge distillation in JAX.")
   sub = p.add_subparsers(dest="command", required=True)
   d = sub.add_parser("distill", help="teacher, student alone and distilled student, over seeds")
-  d.add_argument("--config", default="hinton_mnist", choices=sorted(PRESETS),
-                 help="the study to run (default: hinton_mnist, Hinton et al. 2015 on the built-in subset)")
+  d.add_argument("--config", default="hinton_mnist", choices=sorted(PRESETS) + sorted(LM_PRESETS),
+                 help="the study to run (default: hinton_mnist, Hinton et al. 2015 on the built-in subset); lm_*: "
+                      "language-model distillation (docs/language_models.md)")
   d.add_argument("--method", help="the distilled run's method (kdjax list), default the config's (hinton); its "
                                   "hyperparameters: --set method.NAME=VALUE, e.g. --method dkd --set method.beta=4")
   d.add_argument("--data", help="dataset: builtin, idx:PATH or tfds:NAME; text: negation, rotten_tomatoes, tfds:imdb_reviews (overrides the config)")
@@ -91,9 +93,10 @@ def _parser() -> argparse.ArgumentParser:
                      description="Times the KD train step on random data already on the device (median of timed "
                                  "windows after warm-up) and prints a Markdown table; comma lists give one row per "
                                  "combination. See kdjax.bench.")
-  b.add_argument("--teacher", default="resnet32x4", help="teacher model (default: resnet32x4)")
+  b.add_argument("--teacher", help="teacher model (default: resnet32x4; lm_small for a language-model student)")
   b.add_argument("--student", default="resnet8x4", help="student model (default: resnet8x4)")
-  b.add_argument("--method", default="hinton", help="distillation method (default: hinton, alpha 0.5, T 4)")
+  b.add_argument("--method", help="distillation method (default: hinton, alpha 0.5, T 4; lm_kd for a language-model "
+                                  "student)")
   b.add_argument("--batch", default="64", metavar="B[,B...]", help="batch sizes (default: 64)")
   b.add_argument("--precision", default="fp32", metavar="P[,P...]", help="fp32 and/or bf16 (default: fp32)")
   b.add_argument("--steps-per-call", default="1", metavar="S[,S...]",
@@ -115,6 +118,8 @@ def _parser() -> argparse.ArgumentParser:
   b.add_argument("--classes", type=int, default=100, help="number of classes (default: 100)")
   b.add_argument("--input-shape", metavar="H,W,C", help="image shape (default: the student's, 32,32,3 for CIFAR)")
   b.add_argument("--json", metavar="PATH", help="append one JSON line per row to PATH (default: print them)")
+  b.add_argument("--seq-len", type=int, default=128,
+                 help="language models (a student named lm_*): tokens per sequence (default: 128); tokens/s")
   return p
 
 
@@ -147,6 +152,9 @@ def main(argv: list[str] | None = None) -> int:
       print(f"  {name:20s} {get_model_spec(name).description}")
     _list_methods()
     print("datasets: builtin | idx:PATH | tfds:mnist|fashion_mnist|cifar10|cifar100")
+    print("language-model studies (kdjax distill --config NAME):")
+    for name, cfg in sorted(LM_PRESETS.items()):
+      print(f"  {name:20s} {cfg.corpus}: {cfg.teacher.model} -> {cfg.student.model}, recipes {', '.join(cfg.recipes)}")
     return 0
 
   if args.command == "sweep":
@@ -162,6 +170,8 @@ def main(argv: list[str] | None = None) -> int:
   if args.checkpoint_every is not None and args.checkpoint_every < 0:
     print(f"kdjax: error: --checkpoint-every must be >= 0, got {args.checkpoint_every}", file=sys.stderr)
     return 2
+  if args.config in LM_PRESETS:
+    return _lm_distill(args)
   cfg = PRESETS[args.config]
   extra = ([f"method={args.method}"] if args.method else []) + list(args.overrides)
   if args.data:
@@ -207,6 +217,52 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nwritten: {result.out_dir}/metrics.jsonl, results.json, table.md"
           + (", checkpoints/" if args.checkpoint_every is not None or args.resume or args.resume_or_start else ""))
   return _end_with_health(unhealthy_runs(result), args)
+
+
+def _lm_distill(args) -> int:
+  """``kdjax distill --config lm_...``: a language-model study (:mod:`kdjax.lm_study`)."""
+  unsupported = [flag for flag, given in (("--method", args.method), ("--data", args.data),
+                                          ("--checkpoint-every", args.checkpoint_every is not None),
+                                          ("--resume", args.resume), ("--resume-or-start", args.resume_or_start),
+                                          ("--teacher-checkpoint", args.teacher_checkpoint),
+                                          ("--distributed", args.distributed),
+                                          ("--include-unhealthy", args.include_unhealthy)) if given]
+  if unsupported:
+    print(f"kdjax: error: {', '.join(unsupported)} do not apply to a language-model study yet; set its recipes, "
+          "corpus and runs with --set (e.g. --set recipes=sft,word_kd --set corpus=files:'docs/*.md')",
+          file=sys.stderr)
+    return 2
+  extra = list(args.overrides)
+  if args.seeds:
+    extra.append(f"seeds={args.seeds}")
+  if args.workdir:
+    extra.append(f"workdir={args.workdir}")
+  if args.download:
+    extra.append("download=true")
+  try:
+    cfg = override(LM_PRESETS[args.config], extra)
+    validate_lm_study(cfg)
+  except ValueError as e:
+    print(f"kdjax: error: {e}", file=sys.stderr)
+    return 2
+  if args.show_config:
+    print(json.dumps(dataclasses.asdict(cfg), indent=2))
+    return 0
+  try:
+    payload = run_lm_study(cfg, progress=not args.no_progress, log=lambda line: print(line, file=sys.stderr))
+  except (ValueError, FileNotFoundError, NotADirectoryError) as e:
+    print(f"kdjax: error: {e}", file=sys.stderr)
+    return 2
+  except OSError as e:
+    print(f"kdjax: error: {_os_error(e)}", file=sys.stderr)
+    return 1
+  print(payload["table"])
+  print(f"\nwritten: {cfg.workdir}/{cfg.name}/metrics.jsonl, results.json, table.md")
+  unhealthy = unhealthy_lm_runs(payload)
+  if unhealthy and not args.allow_unhealthy:
+    print(f"kdjax: exit status {EXIT_UNHEALTHY}: unhealthy runs (--allow-unhealthy exits 0)", file=sys.stderr)
+    return EXIT_UNHEALTHY
+  return 0
 
 
 def _os_error(e: OSError) -> str:
@@ -275,7 +331,33 @@ def _str_list(flag: str, text: str) -> list[str]:
   return values
 
 
+def _bench_lm(args) -> int:
+  """``kdjax bench --student lm_tiny --teacher lm_small``: the language-model step, tokens/s."""
+  teacher, method = args.teacher or "lm_small", args.method or "lm_kd"
+  try:
+    reports = []
+    for batch, precision, students in itertools.product(_int_list("--batch", args.batch),
+                                                        _str_list("--precision", args.precision),
+                                                        _int_list("--students", args.students)):
+      r = bench_lm(teacher, args.student, method=method, batch=batch, seq_len=args.seq_len, students=students,
+                   precision=precision, steps=min(args.steps, 20) if args.steps == 60 else args.steps,
+                   windows=args.windows, backend=args.backend, peak_tflops=args.peak_tflops)
+      reports.append(r)
+      print(f"batch={batch}, precision={precision}, students={students}: {r['tokens_per_s']:,.0f} tokens/s",
+            file=sys.stderr, flush=True)
+  except ValueError as e:
+    print(f"kdjax: error: {e}", file=sys.stderr)
+    return 2
+  print(format_lm_table(reports))
+  if args.json:
+    write_jsonl(reports, args.json)
+  return 0
+
+
 def _bench(args) -> int:
+  if args.student.startswith("lm_"):
+    return _bench_lm(args)
+  args.teacher, args.method = args.teacher or "resnet32x4", args.method or "hinton"
   try:
     axes = {"mode": _str_list("--mode", args.mode), "batch": _int_list("--batch", args.batch),
             "precision": _str_list("--precision", args.precision),

@@ -14,7 +14,7 @@ from kdjax.compress import check_sparsity
 from kdjax.data import check_num_classes
 from kdjax.health import HealthThresholds
 from kdjax.losses import check_alpha, check_temperature
-from kdjax.methods import make_method, parse_hparam, study_hparams
+from kdjax.methods import make_method, method_spec, parse_hparam, study_hparams
 from kdjax.models.functional import compute_dtype
 from kdjax.models.registry import check_model_options
 from kdjax.optim import make_optimizer
@@ -106,6 +106,9 @@ def validate_study(cfg: StudyConfig) -> None:
   check_alpha(cfg.alpha)
   if not cfg.seeds:
     raise ValueError("seeds is empty: give at least one seed")
+  if method_spec(cfg.method).family == "lm":
+    raise ValueError(f"method {cfg.method!r} distils language models: run it with an lm_ study "
+                     "(kdjax distill --config lm_stdlib), not an image or text-classification one")
   if len(set(cfg.seeds)) != len(cfg.seeds):
     raise ValueError(f"seeds must be distinct, got {cfg.seeds}")
   if cfg.num_classes is not None:

@@ -16,7 +16,7 @@ import pytest
 from flax import nnx
 from harness import synthetic_data
 
-from kdjax.methods import combine, init_method, make_method, method_names
+from kdjax.methods import combine, init_method, make_method, method_names, method_spec
 from kdjax.models import create_model, feature_shapes, split_model
 from kdjax.models.registry import get_model_spec, model_names
 from kdjax.train import fit, init_train_state, make_eval_step, make_train_step
@@ -49,7 +49,8 @@ def _setup(family, abstract: bool, teacher_model=None):
   one batch; with ``abstract`` every array is a shape only (``nnx.eval_shape`` / ``jax.eval_shape``)."""
   model, shape = SMALLEST[family]
   names = [n for n in method_names()
-           if n != "supervised" and n not in NEEDS_UNLABELLED and not (family == "mlp" and n in NEEDS_MAPS)]
+           if n != "supervised" and n not in NEEDS_UNLABELLED and not (family == "mlp" and n in NEEDS_MAPS)
+           and method_spec(n).family != "lm"]  # language-model methods: tests/test_lm_train.py
   method = combine({n: (1e-3, make_method(n, **SMOKE_HPARAMS.get(n, {}))) for n in names})
   data = synthetic_data(shape, n=32, n_test=8)
   build = lambda seed, name=model: create_model(name, num_classes=10, input_shape=shape, seed=seed)

@@ -47,6 +47,7 @@ TESTED_IN = {
     "self": "test_self_kd.py (no teacher)",
     "domain": "test_domain.py (unlabelled target-domain images in the batch)",
     "adversarial": "test_adversarial.py (the step attacks the student)",
+    "lm": "test_lm_train.py (causal language models, kdjax.train.lm)",
 }
 LOGIT_METHODS = [n for n in method_names() if method_spec(n).family == "logit"]
 

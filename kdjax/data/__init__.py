@@ -20,9 +20,15 @@ from __future__ import annotations
 
 from kdjax.data.augment import jitter, to_float
 from kdjax.data.builtin import load_builtin
+from kdjax.data.corpus import (ByteTokenizer, Corpus, LMData, corpus_fingerprint, lm_dataset, pack, split_documents,
+                               stdlib_corpus, text_files_corpus, tfds_corpus)
 from kdjax.data.dataset import ArrayDataset, check_labels, check_num_classes
 from kdjax.data.idx import load_idx_dir, read_idx, write_idx
 from kdjax.data.sources import load_dataset
+from kdjax.data.topk_cache import TopkCache, TopkCacheWriter, open_topk_cache, topk_cache_exists, write_topk_cache
 
 __all__ = ["ArrayDataset", "check_labels", "check_num_classes", "jitter", "load_builtin", "load_dataset",
            "load_idx_dir", "read_idx", "to_float", "write_idx"]
+__all__ += ["ByteTokenizer", "Corpus", "LMData", "corpus_fingerprint", "lm_dataset", "pack", "split_documents",
+            "stdlib_corpus", "text_files_corpus", "tfds_corpus"]
+__all__ += ["TopkCache", "TopkCacheWriter", "open_topk_cache", "topk_cache_exists", "write_topk_cache"]

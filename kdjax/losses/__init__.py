@@ -44,6 +44,17 @@ from kdjax.losses.logit import (
 from kdjax.losses.online import mutual_kl, online_kd_loss
 from kdjax.losses.review import hcl_level_loss, hcl_loss
 from kdjax.losses.self_kd import tf_kd_reg_loss, virtual_teacher_probs
+from kdjax.losses.token import (
+    DIVERGENCES,
+    check_token_shapes,
+    masked_sequence_mean,
+    teacher_topk,
+    token_cross_entropy,
+    token_divergence,
+    token_kd_loss,
+    topk_token_divergence,
+    topk_token_kd_loss,
+)
 from kdjax.losses.validate import check_alpha, check_epsilon, check_pgd, check_skew, check_temperature
 
 __all__ = [
@@ -93,4 +104,13 @@ __all__ = [
     "standardize_logits",
     "tf_kd_reg_loss",
     "virtual_teacher_probs",
+    "DIVERGENCES",
+    "check_token_shapes",
+    "masked_sequence_mean",
+    "teacher_topk",
+    "token_cross_entropy",
+    "token_divergence",
+    "token_kd_loss",
+    "topk_token_divergence",
+    "topk_token_kd_loss",
 ]

@@ -64,6 +64,8 @@ class Method:
       objective starts in a run of ``epochs`` (its earlier stages minimise another loss, so the
       training loss jumps there by design; :func:`kdjax.health.judge_run` judges divergence from
       the first epoch after it); ``None``: one objective throughout.
+    on_policy: for a language-model method, a :class:`kdjax.methods.token.OnPolicy` (GKD: the step
+      trains on the student's own samples a fraction of the time, :mod:`kdjax.train.lm`), else ``None``.
     identity: ``(("name", NAME), (HPARAM, VALUE), ...)``, what names this method in a run's identity
       (:func:`method_identity`); :func:`kdjax.methods.make_method` fills it in with every
       hyperparameter, defaults included. ``()``: read from the loss function instead.
@@ -77,6 +79,7 @@ class Method:
   adversary: Any = None
   head_logits: Callable | None = None
   main_stage: Callable[[int], float] | None = None
+  on_policy: Any = None
   identity: tuple = ()
 
   def __call__(self, *args):

@@ -22,6 +22,7 @@ from kdjax.methods.feature import (activation_boundary, attention, correlation_c
 from kdjax.methods.logit import dist_kd, dkd, gkd, hinton_kd, js_kd, reverse_kd, supervised
 from kdjax.methods.review import reviewkd
 from kdjax.methods.self_kd import byot, tf_kd
+from kdjax.methods.token import lm_gkd, lm_kd, lm_minilm, lm_sft, lm_tinybert
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,7 +34,8 @@ class MethodSpec:
     make: the factory, keyword hyperparameters -> :class:`~kdjax.methods.base.Method`.
     paper: where it comes from, in a few words (the README's method table has the titles).
     family: ``"baseline"``, ``"logit"``, ``"feature"``, ``"relation"``, ``"contrastive"``,
-      ``"review"``, ``"self"``, ``"domain"`` or ``"adversarial"``.
+      ``"review"``, ``"self"``, ``"domain"``, ``"adversarial"``, or ``"lm"`` (causal language models,
+      :mod:`kdjax.methods.token`: they train with :mod:`kdjax.train.lm`, not the image step).
     temperature: the factory's KD-temperature hyperparameter, if it has one: a sweep's
       ``temperature`` key and a study's ``temperature`` apply to it.
     label_weight: the hyperparameter weighing the label term, if it has one: a sweep's ``alpha``
@@ -88,6 +90,11 @@ REGISTRY: dict[str, MethodSpec] = {spec.name: spec for spec in (
     MethodSpec("adversarial_training", adversarial_training,
                "Madry et al. 2018 (PGD adversarial training), no teacher", "adversarial"),
     MethodSpec("ard", ard, "Goldblum et al. 2020 (ARD, adversarially robust distillation)", "adversarial"),
+    MethodSpec("lm_sft", lm_sft, "next-token cross-entropy, no teacher (language models)", "lm"),
+    MethodSpec("lm_kd", lm_kd, "Kim & Rush 2016 (word-level KD; forward/reverse KL, JSD, TV)", "lm"),
+    MethodSpec("lm_gkd", lm_gkd, "Agarwal et al. 2024 (GKD, on-policy distillation)", "lm"),
+    MethodSpec("lm_minilm", lm_minilm, "Wang et al. 2021 (MiniLM-v2, self-attention relations)", "lm"),
+    MethodSpec("lm_tinybert", lm_tinybert, "Jiao et al. 2020 (TinyBERT, hidden states and attention)", "lm"),
 )}
 
 

@@ -14,6 +14,7 @@ from flax import nnx
 
 from kdjax.models import cifar, resnet
 from kdjax.models.cnn import SmallCNN
+from kdjax.models.decoder import DecoderLM
 from kdjax.models.mlp import MLP
 from kdjax.models.text import RecurrentClassifier, TransformerClassifier
 
@@ -25,7 +26,7 @@ class ModelSpec:
   # The input shape the model is designed for: an image (H, W, C), or a token sequence (L,).
   input_shape: tuple[int, ...]
   description: str
-  # "mlp", "cnn", "resnet", "wrn", "vgg", "mobilenet", "shufflenet", "resnet_imagenet", "text"
+  # "mlp", "cnn", "resnet", "wrn", "vgg", "mobilenet", "shufflenet", "resnet_imagenet", "text", "lm"
   family: str
   # Images only. None: the model takes images of ``input_shape`` only. An int: the model is fully
   # convolutional with global pooling and takes any (H, W, C) whose H and W it divides.
@@ -287,3 +288,25 @@ register_model(ModelSpec(
     "transformer_small", _transformer_small, _TEXT,
     "text encoder: embedding 64 + sinusoidal positions, 2 pre-LN blocks (4 heads, MLP 128, GELU), "
     "dropout 0.1, masked mean pool", family="text", inputs="text"))
+
+
+# Decoder-only language models (kdjax/models/decoder.py): int32 token ids (L,) -> next-token logits
+# [B, L, V]. The vocabulary is ``num_classes``; the context ``max_len`` is the input length unless given.
+_LM = (128,)
+
+
+def _lm(dim, depth, num_heads, mlp_dim):
+  def build(input_shape, num_classes, *, rngs, dim=dim, depth=depth, num_heads=num_heads, mlp_dim=mlp_dim,
+            max_len=None, positions="rope", dropout_rate=0.0):
+    return DecoderLM(num_classes, dim=dim, depth=depth, num_heads=num_heads, mlp_dim=mlp_dim,
+                     max_len=input_shape[0] if max_len is None else max_len, positions=positions,
+                     dropout_rate=dropout_rate, rngs=rngs)
+  return build
+
+
+for _name, (_dim, _depth, _heads, _mlp) in (("lm_tiny", (64, 2, 4, 256)), ("lm_small", (128, 4, 4, 512)),
+                                            ("lm_base", (256, 6, 8, 1024))):
+  register_model(ModelSpec(
+      _name, _lm(_dim, _depth, _heads, _mlp), _LM,
+      f"decoder-only LM: width {_dim}, {_depth} pre-LN blocks ({_heads} heads, MLP {_mlp}, GELU), RoPE, "
+      "tied embeddings; vocabulary = num_classes, context = input length", family="lm", inputs="text"))

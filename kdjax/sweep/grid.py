@@ -120,6 +120,10 @@ def parse_grid(items: Sequence[str], base: StudyConfig) -> dict[str, list]:
       unknown = [t for t in texts if t not in method_names()]
       if unknown:
         raise ValueError(f"grid key 'method': unknown method(s) {unknown}; known: {', '.join(method_names())}")
+      lm = [t for t in texts if method_spec(t).family == "lm"]
+      if lm:
+        raise ValueError(f"grid key 'method': {lm} distil language models; compare them with an lm_ study "
+                         "(kdjax distill --config lm_stdlib)")
       grid[key] = texts
     elif key == "seed":
       try:
