@@ -173,15 +173,7 @@ def main(argv: list[str] | None = None) -> int:
   if args.config in LM_PRESETS:
     return _lm_distill(args)
   cfg = PRESETS[args.config]
-  extra = ([f"method={args.method}"] if args.method else []) + list(args.overrides)
-  if args.data:
-    extra.append(f"dataset={args.data}")
-  if args.seeds:
-    extra.append(f"seeds={args.seeds}")
-  if args.workdir:
-    extra.append(f"workdir={args.workdir}")
-  if args.download:
-    extra.append("download=true")
+  extra = ([f"method={args.method}"] if args.method else []) + _study_overrides(args)
   try:
     cfg = override(cfg, extra)
     validate_study(cfg)
@@ -219,6 +211,14 @@ def main(argv: list[str] | None = None) -> int:
   return _end_with_health(unhealthy_runs(result), args)
 
 
+def _study_overrides(args) -> list[str]:
+  """``kdjax distill``'s --set assignments, then its --data, --seeds, --workdir and --download as config keys
+  (a language-model study refuses --data before it gets here)."""
+  return [*args.overrides, *([f"dataset={args.data}"] if args.data else []),
+          *([f"seeds={args.seeds}"] if args.seeds else []),
+          *([f"workdir={args.workdir}"] if args.workdir else []), *(["download=true"] if args.download else [])]
+
+
 def _lm_distill(args) -> int:
   """``kdjax distill --config lm_...``: a language-model study (:mod:`kdjax.lm_study`)."""
   unsupported = [flag for flag, given in (("--method", args.method), ("--data", args.data),
@@ -232,15 +232,8 @@ def _lm_distill(args) -> int:
           "corpus and runs with --set (e.g. --set recipes=sft,word_kd --set corpus=files:'docs/*.md')",
           file=sys.stderr)
     return 2
-  extra = list(args.overrides)
-  if args.seeds:
-    extra.append(f"seeds={args.seeds}")
-  if args.workdir:
-    extra.append(f"workdir={args.workdir}")
-  if args.download:
-    extra.append("download=true")
   try:
-    cfg = override(LM_PRESETS[args.config], extra)
+    cfg = override(LM_PRESETS[args.config], _study_overrides(args))
     validate_lm_study(cfg)
   except ValueError as e:
     print(f"kdjax: error: {e}", file=sys.stderr)
