@@ -11,7 +11,7 @@ same order (:func:`kdjax.train.lm.epoch_order`) from the same initial weights pe
 recipe is compared with the student alone seed by seed (:func:`kdjax.stats.paired_difference`).
 
 Recipes (:data:`RECIPES`): ``sft`` (the student alone), ``word_kd`` (forward KL per token),
-``reverse_kd`` (reverse KL), ``topk_kd`` (forward KL against the teacher's top-k cached on disk),
+``reverse_kd`` (reverse KL), ``jsd_kd`` (generalized JSD), ``tv_kd`` (total variation), ``topk_kd`` (forward KL against the teacher's top-k cached on disk),
 ``seq_kd`` (cross-entropy on the teacher's samples), ``gkd`` (on-policy, generalized JSD, λ = 0.5),
 ``minilm`` and ``tinybert`` (feature matching plus word-level KD).
 """
@@ -41,7 +41,7 @@ from kdjax.data.corpus import (
 )
 from kdjax.data.topk_cache import TopkCacheWriter, open_topk_cache, topk_cache_exists
 from kdjax.health import HealthThresholds
-from kdjax.identity import digest
+from kdjax.identity import array_digest, digest
 from kdjax.losses.token import teacher_topk
 from kdjax.methods import init_method, make_method, method_identity
 from kdjax.models.decoder import generate, lm_apply
@@ -76,6 +76,7 @@ RECIPES: dict[str, tuple[str, dict[str, Any], str, str]] = {
     "tinybert": ("lm_tinybert", {}, "corpus", "live"),
 }
 BASELINE = "sft"
+CACHE_TEMPERATURE = 1.0  # the top-k cache holds log softmax(t / 1): recipes reading it take their divergence at T = 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -195,7 +196,8 @@ def _judge(history, initial, majority: float, thresholds) -> dict[str, Any]:
 def _teacher_samples(graphdef, variables, rows: dict, cfg: LMStudyConfig, seed: int) -> dict:
   """Sequence-level KD's data: the teacher's continuations of each training row's first
   ``prompt_len`` tokens (sampled at temperature 1), one document per row, every position but the last
-  a target."""
+  a target: the prompt's own next tokens (corpus bytes) too, as training on the whole generated row
+  does; the prompt is ``prompt_len`` of the row's ``seq_len`` tokens."""
   b_size = cfg.eval_batch_size
   steps = cfg.seq_len - cfg.prompt_len
   gen = jax.jit(lambda p, k: generate(graphdef, variables["params"], variables["rest"], p, k, steps=steps,
@@ -249,6 +251,14 @@ def run_lm_study(cfg: LMStudyConfig, *, progress: bool = True, out_dir: str | Pa
     if run.batch_size > len(data.train["tokens"]):
       raise ValueError(f"{role}.batch_size {run.batch_size} is larger than the training split "
                        f"({len(data.train['tokens'])} rows of {cfg.seq_len} tokens)")
+  for recipe in cfg.recipes:  # every recipe's teacher source, k and vocabulary, before the teacher trains
+    kind = RECIPES[recipe][3]
+    method = _method(cfg, recipe)
+    check_lm_teacher(method, teacher=kind == "live", cached=kind == "cache",
+                     topk=cfg.topk if kind == "cache" else None, vocab_size=vocab, teacher_vocab=vocab)
+    if kind == "cache" and method_temperature(method) != CACHE_TEMPERATURE:
+      raise ValueError(f"recipe {recipe!r} takes its divergence at T={method_temperature(method)}, but the top-k "
+                       f"cache holds the teacher's log-probabilities at T={CACHE_TEMPERATURE}")
   valid_targets = data.valid["targets"][data.valid["mask"] > 0]
   majority = float(np.bincount(valid_targets, minlength=vocab).max() / max(len(valid_targets), 1))
   with exclusive(out, "kdjax distill"):
@@ -270,14 +280,16 @@ def run_lm_study(cfg: LMStudyConfig, *, progress: bool = True, out_dir: str | Pa
                          "data_seed": cfg.data_seed})
     t_graphdef, t_tx, t_state = _states(cfg, t_run, sft, vocab, [cfg.teacher_seed], t_steps, {})
     saved = out / f"teacher-{teacher_id}.npz"
+    record = saved.with_suffix(".json")  # written after the weights: both present means a finished teacher
     t_eval = make_lm_eval(t_graphdef, cohort=True, precision=t_run.precision)
-    if saved.exists():
+    if saved.exists() and record.exists():
       t_vars = load_pytree(saved, {"params": _unstack(t_state.params, 0), "rest": _unstack(t_state.rest, 0)})
       t_vars = jax.tree.map(jnp.asarray, t_vars)
       stacked = jax.tree.map(lambda a: a[None], t_vars)
       t_final = evaluate_lm(t_eval, stacked["params"], stacked["rest"], data.valid, batch_size=cfg.eval_batch_size,
                             num_students=1)[0]
-      t_health = json.loads(saved.with_suffix(".json").read_text())["health"]
+      stored = json.loads(record.read_text())
+      t_health = _judge(stored["history"], stored["initial"], majority, cfg.health)  # today's thresholds
       log(f"teacher {t_run.model}: restored from {saved}")
     else:
       step = make_lm_step(t_graphdef, t_tx, sft, precision=t_run.precision, cohort=True)
@@ -289,8 +301,8 @@ def run_lm_study(cfg: LMStudyConfig, *, progress: bool = True, out_dir: str | Pa
       t_health = _judge(t_hist[0], t_init[0], majority, cfg.health)
       t_vars = {"params": _unstack(t_state.params, 0), "rest": _unstack(t_state.rest, 0)}
       save_pytree(saved, t_vars)
-      write_atomic(saved.with_suffix(".json"), json.dumps({"identity": teacher_id, "health": t_health,
-                                                           "final": t_final}, indent=2))
+      write_atomic(record, json.dumps({"identity": teacher_id, "health": t_health, "final": t_final,
+                                       "history": t_hist[0], "initial": t_init[0]}, indent=2))
     log(f"teacher {t_run.model}: perplexity {t_final['perplexity']:.3f}, next-token accuracy "
         f"{100 * t_final['test_accuracy']:.2f}% ({H.short(t_health)})")
     teacher_shapes = feature_shapes(t_graphdef, t_vars["params"], t_vars["rest"], (cfg.seq_len,))
@@ -311,15 +323,14 @@ def run_lm_study(cfg: LMStudyConfig, *, progress: bool = True, out_dir: str | Pa
       cache = None
       if teacher_kind == "cache":
         cache_dir = out / f"teacher-{teacher_id}-top{cfg.topk}"
-        identity = {"teacher": teacher_id, "tokenizer": data.tokenizer_identity, "data": data.fingerprint,
-                    "k": cfg.topk, "temperature": 1.0}
+        identity = {"teacher": teacher_id, "teacher_weights": array_digest(*jax.tree.leaves(jax.device_get(t_vars))),
+                    "tokenizer": data.tokenizer_identity, "data": data.fingerprint, "k": cfg.topk,
+                    "temperature": CACHE_TEMPERATURE}
         if not topk_cache_exists(cache_dir):
           log(f"caching the teacher's top-{cfg.topk} log-probabilities of the training rows in {cache_dir} ...")
           _fill_topk_cache(cache_dir, identity, t_graphdef, t_vars, data.train, cfg.topk, cfg.eval_batch_size)
         cache = open_topk_cache(cache_dir, identity=identity)
       live = teacher_kind == "live"
-      check_lm_teacher(method, teacher=live, cached=cache is not None, topk=None, vocab_size=vocab,
-                       teacher_vocab=vocab)
       graphdef, tx, state = _states(cfg, s_run, method, vocab, cfg.seeds, s_steps, teacher_shapes if live else {})
       step = make_lm_step(graphdef, tx, method, teacher_graphdef=t_graphdef if live else None,
                           cached_teacher=cache is not None, precision=s_run.precision, cohort=True)

@@ -15,6 +15,7 @@ from kdjax.cli import main
     (["--set", "student.model=mlp100"], "is not a language model"),
     (["--method", "hinton"], "--method do not apply to a language-model study"),
     (["--set", "topk=0"], "topk must be >= 1"),
+    (["--set", "topk=300"], r"k=300 must lie in 1\.\.259"),  # found with the data, before the teacher trains
 ])
 def test_a_bad_lm_study_is_refused_before_training(args, message, capsys, tmp_path):
   assert main(["distill", "--config", "lm_stdlib", "--workdir", str(tmp_path), *args]) == 2

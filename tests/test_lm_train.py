@@ -197,6 +197,19 @@ def test_errors_before_training():
     check_lm_batch({**b, "mask": b["mask"][:, :-1]})
   with pytest.raises(ValueError, match="token id 19, outside the model's vocabulary of 19"):
     check_lm_batch({**b, "tokens": np.full_like(b["tokens"], V)}, vocab_size=V)
+  # The step checks the same before it is traced, and the batch when it is.
+  graphdef, tx, _ = student_state(make_method("lm_sft"))
+  with pytest.raises(ValueError, match="needs a live teacher to score the student's samples"):
+    make_lm_step(graphdef, tx, make_method("lm_gkd"), cached_teacher=True)
+  t_graphdef = split_model(model(1))[0]
+  step = make_lm_step(graphdef, tx, make_method("lm_gkd", student_fraction=1.0, prompt_len=L), teacher_graphdef=t_graphdef)
+  _, _, state = student_state(make_method("lm_sft"))
+  t_params, t_rest = split_model(model(1))[1:]
+  with pytest.raises(ValueError, match=r"prompt_len 12 must be shorter than the rows \(12 tokens\)"):
+    step(state, {"params": t_params, "rest": t_rest}, b)
+  _, _, state = student_state(make_method("lm_sft"))
+  with pytest.raises(ValueError, match=r"mask has shape \(4, 11\), but tokens are \(4, 12\)"):
+    make_lm_step(graphdef, tx, make_method("lm_sft"))(state, None, {**b, "mask": b["mask"][:, :-1]})
   with pytest.raises(ValueError, match="unknown divergence 'kl'"):
     make_method("lm_kd", divergence="kl")
   with pytest.raises(ValueError, match="student_fraction"):

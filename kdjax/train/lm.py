@@ -67,9 +67,10 @@ def check_lm_batch(batch: dict, *, max_len: int | None = None, vocab_size: int |
         raise ValueError(f"{k} hold token id {top}, outside the model's vocabulary of {vocab_size}")
 
 
-def check_lm_teacher(method: Method, *, teacher: bool, cached: bool, topk: int | None, vocab_size: int,
-                     teacher_vocab: int | None) -> None:
-  """The method, its teacher source and the vocabularies agree, before anything is traced."""
+def check_lm_teacher(method: Method, *, teacher: bool, cached: bool, topk: int | None, vocab_size: int | None = None,
+                     teacher_vocab: int | None = None) -> None:
+  """The method, its teacher source and the vocabularies agree, before anything is traced (the
+  vocabularies where known; the step checks the logits' own at trace time)."""
   if not isinstance(method, Method):
     raise TypeError(f"an LM step takes a kdjax.methods.Method (make_method('lm_kd', ...)), got {type(method).__name__}")
   if method.needs_teacher and not (teacher or cached):
@@ -78,11 +79,11 @@ def check_lm_teacher(method: Method, *, teacher: bool, cached: bool, topk: int |
     raise ValueError("this method uses no teacher, but a teacher was given")
   if teacher and cached:
     raise ValueError("give a live teacher or a cached one, not both")
-  if teacher_vocab is not None and teacher_vocab != vocab_size:
+  if teacher_vocab is not None and vocab_size is not None and teacher_vocab != vocab_size:
     raise ValueError(f"the teacher's vocabulary has {teacher_vocab} tokens and the student's {vocab_size}: "
                      "cross-tokenizer distillation is not supported (both must use the same tokenizer)")
-  if topk is not None and not 1 <= topk <= vocab_size:
-    raise ValueError(f"top-k teacher: k={topk} must lie in 1..{vocab_size} (the vocabulary)")
+  if topk is not None and (topk < 1 or (vocab_size is not None and topk > vocab_size)):
+    raise ValueError(f"top-k teacher: k={topk} must lie in 1..{vocab_size or 'V'} (the vocabulary)")
   if cached and method.on_policy is not None:
     raise ValueError("an on-policy method (lm_gkd with student_fraction > 0) needs a live teacher to score the "
                      "student's samples; a cached teacher only knows the corpus")
@@ -90,12 +91,15 @@ def check_lm_teacher(method: Method, *, teacher: bool, cached: bool, topk: int |
     raise ValueError("this method matches the teacher's features, which a top-k teacher does not keep")
 
 
-def on_policy_batch(graphdef, params, rest, batch: dict, key: jax.Array, on_policy, dtype=None) -> dict:
+def on_policy_batch(graphdef, params, rest, batch: dict, key: jax.Array, on_policy) -> dict:
   """The student's own continuations of each row's first ``prompt_len`` tokens (GKD), as a batch:
-  one document per row, the loss on the sampled positions only."""
+  one document per row, the loss on the sampled positions only. Sampling runs in float32."""
   tokens = batch["tokens"]
   b, length = tokens.shape
   p = on_policy.prompt_len
+  if not 1 <= p < length:
+    raise ValueError(f"on-policy prompt_len {p} must be shorter than the rows ({length} tokens): the student "
+                     "would sample nothing")
   sample = generate(graphdef, jax.lax.stop_gradient(params), rest, tokens[:, :p], key, steps=length - p,
                     temperature=on_policy.temperature)
   pos = jnp.arange(length)
@@ -141,15 +145,17 @@ def make_lm_step(graphdef, tx: optax.GradientTransformation, method: Method, *, 
   dtype = compute_dtype(precision)
   temperature = method_temperature(method)
   on_policy = method.on_policy
+  check_lm_teacher(method, teacher=teacher_graphdef is not None, cached=cached_teacher, topk=topk)
 
   def one(state: TrainState, teacher_vars, batch: dict):
+    check_lm_batch(batch)  # shapes only (static under jit): every key [B, L]
     rng, k_sample, k_drop, k_method = split_keys(state.rng)
     metrics_extra = {}
     if on_policy is not None:
       k_coin, k_gen = jax.random.split(k_sample)
       use = jax.random.bernoulli(k_coin, on_policy.fraction)
       batch = jax.lax.cond(use, lambda: {**batch, **on_policy_batch(graphdef, state.params, state.rest, batch, k_gen,
-                                                                      on_policy, dtype)}, lambda: batch)
+                                                                      on_policy)}, lambda: batch)
       metrics_extra["on_policy"] = use.astype(jnp.float32)
     teacher = _teacher(teacher_graphdef, teacher_vars, batch, cached=cached_teacher, topk=topk,
                        temperature=temperature, dtype=dtype)
