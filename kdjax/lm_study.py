@@ -58,6 +58,7 @@ from kdjax.train.lm import (
   fit_lm,
   make_lm_eval,
   make_lm_step,
+  method_temperature,
 )
 from kdjax.train.state import init_train_state
 from kdjax.workdir import check_writable, exclusive, write_atomic
