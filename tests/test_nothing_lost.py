@@ -6,6 +6,7 @@ import errno
 import hashlib
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -41,12 +42,20 @@ def _idx_copy(directory: Path, change_label: bool = False) -> Path:
 
 
 @pytest.fixture(scope="module")
-def finished(tmp_path_factory):
-  """A finished, checkpointed study on an idx copy of the built-in data: (workdir, data spec, out dir)."""
+def finished(built_once, tmp_path_factory):
+  """A finished study on an idx copy of the built-in data, checkpointed every 20 steps (so at step 20 and at
+  the end of its 39-step epoch): (its command, root folder, out dir). Trained once per run (whichever xdist
+  worker comes first); each worker's module gets its own copy of the workdir, and tests that change that
+  work on a copy of it."""
+  def build(folder):
+    spec = f"idx:{_idx_copy(folder / 'a' / 'mnist')}"
+    assert main(["distill", *SHORT, "--data", spec, "--workdir", str(folder / "w"), "--checkpoint-every", "20"]) == 0
+
+  shared = built_once("nothing_lost_finished", build)
   root = tmp_path_factory.mktemp("finished")
-  spec = f"idx:{_idx_copy(root / 'a' / 'mnist')}"
-  args = ["distill", *SHORT, "--data", spec, "--workdir", str(root / "w"), "--checkpoint-every", "0"]
-  assert main(args) == 0
+  shutil.copytree(shared / "w", root / "w")
+  args = ["distill", *SHORT, "--data", f"idx:{shared / 'a' / 'mnist'}", "--workdir", str(root / "w"),
+          "--checkpoint-every", "20"]
   return args, root, root / "w" / "hinton_mnist"
 
 
@@ -248,10 +257,12 @@ def test_a_damaged_teacher_cache_fails_before_the_teacher_trains(tmp_path, capsy
   assert "test errors" not in captured.out and not (tmp_path / "w" / "hinton_mnist" / "metrics.jsonl").exists()
 
 
-def test_a_resume_that_falls_back_to_an_older_checkpoint_logs_each_epoch_once(tmp_path):
-  args = ["distill", *SHORT, "--workdir", str(tmp_path), "--checkpoint-every", "20"]
-  assert main(args) == 0
-  out = tmp_path / "hinton_mnist"
+def test_a_resume_that_falls_back_to_an_older_checkpoint_logs_each_epoch_once(finished, tmp_path):
+  # A copy of the module's finished study (checkpointed every 20 steps), trained as this test trained its own.
+  shared_args, root, _ = finished
+  shutil.copytree(root / "w", tmp_path / "w")
+  args = [str(tmp_path / "w") if a == str(root / "w") else a for a in shared_args]
+  out = tmp_path / "w" / "hinton_mnist"
 
   def lines():
     return [{k: v for k, v in json.loads(x).items() if k != "wall_s"} for x in (out / "metrics.jsonl").read_text().splitlines()]
