@@ -1,4 +1,5 @@
 import os
+from importlib.metadata import PackageNotFoundError, version
 
 # Tests run on the CPU, whatever else the machine has.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -6,9 +7,14 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # quarter (most of it is compiling). Benchmarks and real runs keep the defaults. The CPU backend's
 # MLIR fusion emitters (jaxlib 0.10's default) take twice as long to compile the tests' small steps
 # as the classic elemental emitters: turning them off cuts another quarter (same values, to float
-# rounding). An XLA that no longer knows a flag stops at start-up naming it: drop it here then.
-os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true "
-                      "--xla_cpu_use_fusion_emitters=false")
+# rounding). An XLA that does not know a flag stops at start-up naming it, so that flag is given only to
+# the jaxlib it was measured on (0.10.x).
+try:
+  _jaxlib = version("jaxlib")
+except PackageNotFoundError:
+  _jaxlib = ""
+os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+                      + (" --xla_cpu_use_fusion_emitters=false" if _jaxlib.startswith("0.10.") else ""))
 # Many tests build the same small programs (a new jit per test compiles them again): a compilation
 # cache for this run, shared by the xdist workers and the tests' subprocesses, compiles each once.
 _run = os.environ.get("PYTEST_XDIST_TESTRUNUID") or f"pid{os.getpid()}"
