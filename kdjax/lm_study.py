@@ -219,6 +219,17 @@ def _teacher_samples(graphdef, variables, rows: dict, cfg: LMStudyConfig, seed: 
           "mask": np.broadcast_to(pos < length - 1, tokens.shape).astype(np.float32).copy()}
 
 
+SAMPLES = 3  # validation prompts whose continuations results.json keeps, by the teacher and each recipe's first seed
+
+
+def _continuations(graphdef, variables, prompts: np.ndarray, cfg: LMStudyConfig, tokenizer) -> list[str]:
+  """What a model writes after each prompt (``seq_len - prompt_len`` tokens at temperature 1, the
+  same key for every model), decoded: the samples a study shows beside its numbers."""
+  tokens = generate(graphdef, variables["params"], variables["rest"], jnp.asarray(prompts), jax.random.key(0),
+                    steps=cfg.seq_len - cfg.prompt_len, temperature=1.0)
+  return [tokenizer.decode(np.asarray(t[cfg.prompt_len:])) for t in tokens]
+
+
 def _fill_topk_cache(directory: Path, identity: dict, graphdef, variables, rows: dict, k: int, batch_size: int):
   """The teacher's top-k log-probabilities (T = 1) over every training row, written shard by shard."""
   @jax.jit
@@ -307,6 +318,9 @@ def run_lm_study(cfg: LMStudyConfig, *, progress: bool = True, out_dir: str | Pa
     log(f"teacher {t_run.model}: perplexity {t_final['perplexity']:.3f}, next-token accuracy "
         f"{100 * t_final['test_accuracy']:.2f}% ({H.short(t_health)})")
     teacher_shapes = feature_shapes(t_graphdef, t_vars["params"], t_vars["rest"], (cfg.seq_len,))
+    prompts = data.valid["tokens"][:SAMPLES, :cfg.prompt_len]
+    samples = {"prompts": [tokenizer.decode(p) for p in prompts],
+               "teacher": _continuations(t_graphdef, t_vars, prompts, cfg, tokenizer)}
 
     s_run = cfg.student
     s_steps = len(data.train["tokens"]) // s_run.batch_size
@@ -349,6 +363,8 @@ def run_lm_study(cfg: LMStudyConfig, *, progress: bool = True, out_dir: str | Pa
                              "method": method_identity(method), "wall_s": round(wall, 1)})
       finals = [r["final"]["perplexity"] for r in runs[recipe]]
       log(f"{recipe}: perplexity {' '.join(f'{p:.3f}' for p in finals)} ({wall:.0f} s)")
+      first = {"params": _unstack(state.params, 0), "rest": _unstack(state.rest, 0)}
+      samples[recipe] = _continuations(graphdef, first, prompts, cfg, tokenizer)
 
     # A teacher no better than the students alone is not a result to distil from.
     weak = H.judge_teacher(t_final["test_accuracy"], [r["final"]["test_accuracy"] for r in runs[BASELINE]
@@ -358,7 +374,7 @@ def run_lm_study(cfg: LMStudyConfig, *, progress: bool = True, out_dir: str | Pa
     payload = {"config": to_dict(cfg), "corpus": {**data.fingerprint, "source": corpus.source,
                                                   "licence": corpus.licence},
                "teacher": {"model": t_run.model, "identity": teacher_id, "final": t_final, "health": t_health},
-               "runs": runs, "comparisons": compare(runs), "majority_share": majority,
+               "runs": runs, "comparisons": compare(runs), "majority_share": majority, "samples": samples,
                "env": {"jax": jax.__version__, "device": str(jax.devices()[0].device_kind),
                        "platform": platform.platform(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                        "wall_s": round(time.time() - started, 1)}}

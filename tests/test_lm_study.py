@@ -42,6 +42,9 @@ def test_a_small_lm_study_end_to_end(tmp_path, capsys):
     assert {"perplexity", "test_accuracy", "teacher_agreement"} <= set(r["final"]) and "ok" in r["health"]
     assert r["method"]["name"] == "lm_kd"
   assert set(results["comparisons"]) == {"topk_kd"}
+  samples = results["samples"]  # continuations of validation prompts, decoded, by the teacher and each recipe
+  assert len(samples["prompts"]) == 3 and all(len(samples[k]) == 3 for k in ("teacher", "sft", "topk_kd"))
+  assert all(isinstance(t, str) and t for t in samples["teacher"])
   assert "| topk_kd |" in captured.out and "Δ perplexity vs sft" in (out / "table.md").read_text()
   lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
   assert [(r["run"], r["seed"]) for r in lines] == [("teacher", 0), ("sft", 0), ("sft", 1), ("topk_kd", 0),
