@@ -31,7 +31,7 @@ from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 
-from kdjax.data.tfds_source import _default_data_dir
+from kdjax.data.tfds_source import data_sources
 from kdjax.identity import array_digest
 
 STDLIB_MODULES: tuple[str, ...] = (
@@ -189,25 +189,12 @@ def tfds_corpus(name: str, split: str, *, key: str = "text", data_dir: str | os.
   record, through ``tfds.data_source`` (array_record, random access). tensorflow-datasets is imported
   here only; nothing is downloaded unless ``download=True``."""
   try:
-    import tensorflow_datasets as tfds
-  except ImportError:
+    _, (source,), _ = data_sources(name, (split,), data_dir, download=download)
+  except ModuleNotFoundError as e:
+    if e.name != "tensorflow_datasets":
+      raise
     raise ImportError("tfds_corpus needs tensorflow-datasets (pip install tensorflow-datasets array_record); "
                       "the offline default is stdlib_corpus()") from None
-
-  data_dir = Path(data_dir).expanduser() if data_dir else _default_data_dir()
-  kwargs: dict[str, Any] = {"split": split, "data_dir": str(data_dir), "download": download}
-  if download:
-    kwargs["builder_kwargs"] = {"file_format": "array_record"}
-  try:
-    source = tfds.data_source(name, **kwargs)
-  except Exception as e:  # tfds raises several types here; all mean "not readable"
-    if download:
-      raise
-    raise FileNotFoundError(
-        f"TFDS dataset {name!r} ({split}) is not prepared (in array_record format) under {data_dir}, and downloads "
-        f"are off. Prepare it where there is network access (tfds build {name} --file_format=array_record "
-        f"--data_dir {data_dir}) or pass download=True. TFDS said: {type(e).__name__}: "
-        f"{str(e).splitlines()[0] if str(e) else ''}") from e
   n = len(source) if max_documents is None else min(len(source), max_documents)
   docs = []
   for i in range(n):

@@ -29,9 +29,10 @@ def _read_split(source) -> tuple[np.ndarray, np.ndarray]:
   return images, labels
 
 
-def open_tfds(name: str, data_dir: str | os.PathLike | None = None, *, download: bool = False):
-  """``(train, test, info)`` of TFDS dataset ``name``: random-access sources of both splits and
-  the dataset's info, or a clear error where it is not prepared and downloads are off."""
+def data_sources(name: str, splits, data_dir: str | os.PathLike | None = None, *, download: bool = False):
+  """``(tfds, sources, data_dir)``: tensorflow_datasets (imported here, optional at import time of
+  kdjax), a random-access ``tfds.data_source`` per split of ``splits``, and the folder read; a clear
+  error where the dataset is not prepared and downloads are off."""
   import tensorflow_datasets as tfds  # optional at import time of kdjax
 
   data_dir = Path(data_dir).expanduser() if data_dir else _default_data_dir()
@@ -39,17 +40,23 @@ def open_tfds(name: str, data_dir: str | os.PathLike | None = None, *, download:
   if download:
     kwargs["builder_kwargs"] = {"file_format": "array_record"}
   try:
-    train = tfds.data_source(name, split="train", **kwargs)
-    test = tfds.data_source(name, split="test", **kwargs)
+    sources = tuple(tfds.data_source(name, split=split, **kwargs) for split in splits)
   except Exception as e:  # tfds raises several types here; all mean "not readable"
     if download:
       raise
     raise FileNotFoundError(
-        f"TFDS dataset {name!r} is not prepared (in array_record format) under {data_dir}, and "
-        f"downloads are off. Prepare it where there is network access (tfds build {name} "
+        f"TFDS dataset {name!r} ({', '.join(splits)}) is not prepared (in array_record format) under {data_dir}, "
+        f"and downloads are off. Prepare it where there is network access (tfds build {name} "
         f"--file_format=array_record --data_dir {data_dir}), or ask kdjax to download it "
-        f"(--download). TFDS said: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        f"(--download, or download=True). TFDS said: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
     ) from e
+  return tfds, sources, data_dir
+
+
+def open_tfds(name: str, data_dir: str | os.PathLike | None = None, *, download: bool = False):
+  """``(train, test, info)`` of TFDS dataset ``name``: random-access sources of both splits and
+  the dataset's info, or a clear error where it is not prepared and downloads are off."""
+  tfds, (train, test), data_dir = data_sources(name, ("train", "test"), data_dir, download=download)
   return train, test, tfds.builder(name, data_dir=str(data_dir)).info
 
 
