@@ -17,7 +17,8 @@ from flax import nnx
 from kdjax.methods import make_method
 from kdjax.models.decoder import DecoderLM
 from kdjax.models.functional import split_model
-from kdjax.train.lm import batch_sharding, fsdp_shardings, make_lm_step
+from kdjax.parallel import batch_sharding, make_mesh
+from kdjax.train.lm import fsdp_shardings, make_lm_step
 from kdjax.train.state import init_train_state
 
 V, L, B = 24, 16, 8
@@ -52,7 +53,7 @@ def main(method_name: str) -> None:
   one = jax.devices()[0]
   single = lambda tree: jax.device_put(tree, one)
   p1, l1, _ = train(single, single, single)
-  mesh = jax.make_mesh((8,), ("fsdp",), axis_types=(jax.sharding.AxisType.Auto,))
+  mesh = make_mesh(8)
   shard = lambda tree: jax.device_put(tree, fsdp_shardings(tree, mesh))
   p8, l8, t_vars = train(shard, shard, lambda b: jax.device_put(b, batch_sharding(mesh)))
   diff = max(float(np.max(np.abs(np.asarray(a) - np.asarray(b)))) for a, b in

@@ -32,6 +32,7 @@ from kdjax.methods import Method, call_method, method_identity
 from kdjax.methods.token import TopK
 from kdjax.models.decoder import generate, lm_apply
 from kdjax.models.functional import compute_dtype
+from kdjax.parallel import DATA
 from kdjax.train.inputs import split_keys
 from kdjax.train.state import TrainState
 from kdjax.train.step import update
@@ -242,8 +243,10 @@ def evaluate_lm(eval_fn: Callable, params, rest, data: dict, *, batch_size: int,
   return [summarize_eval(jax.tree.map(lambda a, k=k: a[k], totals)) for k in range(num_students)]
 
 
-def fsdp_shardings(tree, mesh: jax.sharding.Mesh, axis: str = "fsdp"):
-  """A ``NamedSharding`` per leaf of ``tree`` that splits it over mesh axis ``axis`` along its largest
+def fsdp_shardings(tree, mesh: jax.sharding.Mesh, axis: str = DATA):
+  """A ``NamedSharding`` per leaf of ``tree`` that splits it over mesh axis ``axis`` (by default
+  :func:`kdjax.parallel.make_mesh`'s data axis, the one :func:`kdjax.parallel.batch_sharding` splits the
+  batch over: FSDP shards the weights over the data-parallel devices) along its largest
   dimension that the axis size divides (FSDP: each device keeps ``1/n`` of every large array; XLA
   gathers a layer's weights where the forward pass needs them); leaves with no such dimension (biases
   of odd sizes, scalars) are replicated. Place with ``jax.device_put(tree, fsdp_shardings(tree, mesh))``."""
@@ -261,10 +264,6 @@ def fsdp_shardings(tree, mesh: jax.sharding.Mesh, axis: str = "fsdp"):
 
   return jax.tree.map(spec, tree)
 
-
-def batch_sharding(mesh: jax.sharding.Mesh, axis: str = "fsdp") -> NamedSharding:
-  """Rows of a batch split over mesh axis ``axis`` (data parallel over the same devices)."""
-  return NamedSharding(mesh, P(axis))
 
 
 def epoch_order(num_rows: int, data_seed: int, epoch: int) -> np.ndarray:
