@@ -59,6 +59,7 @@ from kdjax.train.lm import (
   make_lm_eval,
   make_lm_step,
   method_temperature,
+  sampled_rows,
 )
 from kdjax.train.state import init_train_state
 from kdjax.workdir import check_writable, exclusive, write_atomic
@@ -211,12 +212,8 @@ def _teacher_samples(graphdef, variables, rows: dict, cfg: LMStudyConfig, seed: 
     pad = b_size - len(prompt)
     prompt = np.concatenate([prompt, np.repeat(prompt[-1:], pad, 0)]) if pad else prompt
     out.append(np.asarray(gen(jnp.asarray(prompt), jax.random.fold_in(key, lo)))[:b_size - pad])
-  tokens = np.concatenate(out).astype(np.int32)
-  length = cfg.seq_len
-  pos = np.arange(length)
-  return {"tokens": tokens, "targets": np.concatenate([tokens[:, 1:], np.zeros((n, 1), np.int32)], 1),
-          "segments": np.ones_like(tokens), "positions": np.broadcast_to(pos, tokens.shape).astype(np.int32).copy(),
-          "mask": np.broadcast_to(pos < length - 1, tokens.shape).astype(np.float32).copy()}
+  sampled = sampled_rows(jnp.asarray(np.concatenate(out), jnp.int32), first_target=0)
+  return {k: np.asarray(v) for k, v in sampled.items()}
 
 
 SAMPLES = 3  # validation prompts whose continuations results.json keeps, by the teacher and each recipe's first seed

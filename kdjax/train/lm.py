@@ -92,21 +92,29 @@ def check_lm_teacher(method: Method, *, teacher: bool, cached: bool, topk: int |
     raise ValueError("this method matches the teacher's features, which a top-k teacher does not keep")
 
 
+def sampled_rows(tokens_BxL, first_target: int) -> dict:
+  """A packed batch of generated rows, one document each: the targets are the next tokens, and the
+  loss counts positions ``first_target`` to ``L - 2`` (the last has no next token)."""
+  b, length = tokens_BxL.shape
+  pos = jnp.arange(length)
+  return {"tokens": tokens_BxL,
+          "targets": jnp.concatenate([tokens_BxL[:, 1:], jnp.zeros((b, 1), tokens_BxL.dtype)], axis=1),
+          "segments": jnp.ones_like(tokens_BxL), "positions": jnp.broadcast_to(pos, (b, length)).astype(jnp.int32),
+          "mask": jnp.broadcast_to((pos >= first_target) & (pos < length - 1), (b, length)).astype(jnp.float32)}
+
+
 def on_policy_batch(graphdef, params, rest, batch: dict, key: jax.Array, on_policy) -> dict:
   """The student's own continuations of each row's first ``prompt_len`` tokens (GKD), as a batch:
   one document per row, the loss on the sampled positions only. Sampling runs in float32."""
   tokens = batch["tokens"]
-  b, length = tokens.shape
+  length = tokens.shape[1]
   p = on_policy.prompt_len
   if not 1 <= p < length:
     raise ValueError(f"on-policy prompt_len {p} must be shorter than the rows ({length} tokens): the student "
                      "would sample nothing")
   sample = generate(graphdef, jax.lax.stop_gradient(params), rest, tokens[:, :p], key, steps=length - p,
                     temperature=on_policy.temperature)
-  pos = jnp.arange(length)
-  return {"tokens": sample, "targets": jnp.concatenate([sample[:, 1:], jnp.zeros((b, 1), sample.dtype)], axis=1),
-          "segments": jnp.ones_like(sample), "positions": jnp.broadcast_to(pos, (b, length)).astype(jnp.int32),
-          "mask": jnp.broadcast_to((pos >= p - 1) & (pos < length - 1), (b, length)).astype(jnp.float32)}
+  return sampled_rows(sample, p - 1)
 
 
 def _teacher(teacher_graphdef, teacher_vars, batch: dict, *, cached: bool, topk: int | None, temperature: float,
@@ -314,7 +322,7 @@ def fit_lm(step: Callable, eval_fn: Callable, state: TrainState, teacher_vars, t
           value = (~finite).astype(jnp.int32) if key == "finite" else jnp.where(finite, value, 0.0)
           sums[key] = value if key not in sums else sums[key] + value
         bar.update(1)
-        if i % 20 == 0:
+        if not bar.disable and i % 20 == 0:  # a host sync: only for a bar that shows
           bar.set_postfix(epoch=epoch, loss=f"{float(jnp.mean(metrics['loss'])):.3f}")
       sums = jax.device_get(sums)
       evals = evaluate_lm(eval_fn, state.params, state.rest, valid, batch_size=eval_batch_size,
