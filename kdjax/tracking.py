@@ -1,0 +1,1 @@
+"""TensorBoard event files beside a run's metrics.jsonl (optional; see docs/tracking.md)."""
