@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import os
+import pickle
+import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -33,14 +36,26 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
       from safetensors.numpy import load_file
     except ImportError:
       raise ImportError(f"reading {path} needs the safetensors package: pip install safetensors") from None
-    tensors = load_file(str(path))
+    try:
+      tensors = load_file(str(path))
+    except Exception as e:  # safetensors' own error type: a damaged or truncated file
+      raise ValueError(f"cannot read {path} as safetensors: {e}") from None
   elif suffix in TORCH_SUFFIXES:
     try:
       import torch
     except ImportError:
       raise ImportError(f"reading {path} (a PyTorch file) needs PyTorch: pip install torch, "
                         "or save the weights as .safetensors") from None
-    obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    try:  # RepDistiller's *_last.pth keep the training options as an argparse.Namespace beside the weights
+      with torch.serialization.safe_globals([argparse.Namespace]):
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as e:  # torch.load's errors on a damaged file are of any type (IndexError, KeyError, ...)
+      found = re.search(r"GLOBAL (\S+)", str(e))
+      if isinstance(e, pickle.UnpicklingError) and found:
+        raise ValueError(f"{path} holds objects other than tensors ({found.group(1)}) that torch.load(weights_only="
+                         "True) does not unpickle; if you trust the file, save its state dict alone: "
+                         "torch.save(torch.load(path, weights_only=False)['model'], 'weights.pth')") from None
+      raise ValueError(f"cannot read {path} as a PyTorch file ({type(e).__name__}: {str(e)[:200]})") from None
     for key in _NESTED:
       if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
         obj = obj[key]
