@@ -5,6 +5,11 @@ embedding (plus learned absolute positions, or rotary positions on queries and k
 blocks ``x + attn(ln(x))``, ``x + mlp(ln(x))`` (GELU MLP), a final LayerNorm and the tied output
 ``logits = h @ Eᵀ`` (``nnx.Embed.attend``; there is no separate output matrix).
 
+Two options exist to express GPT-2 exactly (:mod:`kdjax.pretrained.gpt2`) and keep every other model
+as it was: ``norm_eps``, the LayerNorms' epsilon (1e-6, Flax's default; GPT-2 uses 1e-5), and
+``activation``, the MLP's GELU: ``"gelu_tanh"`` (the tanh approximation, ``jax.nn.gelu``'s default and
+GPT-2's ``gelu_new``) or ``"gelu_erf"`` (the exact erf form, PyTorch's ``nn.GELU()``).
+
 Packed sequences: ``segments`` ``[B, L]`` holds document ids (0 = padding). Query ``i`` reads key
 ``j`` iff ``j <= i``, ``segments[j] == segments[i]`` and ``segments[i] != 0``; a padding query reads
 only itself, so every attention row is a proper distribution. ``positions`` ``[B, L]`` is each
@@ -39,6 +44,9 @@ from kdjax.models.functional import _set_compute_dtype
 from kdjax.models.text import _check_vocab_size, _dropout_keys
 
 POSITION_ENCODINGS = ("rope", "learned")
+# The MLP activations: name -> function. "gelu_tanh" is what DecoderLM has always used.
+ACTIVATIONS = {"gelu_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+               "gelu_erf": lambda x: jax.nn.gelu(x, approximate=False)}
 ROPE_BASE = 10000.0
 _NEG = jnp.finfo(jnp.float32).min
 
@@ -124,12 +132,15 @@ class CausalSelfAttention(nnx.Module):
 
 
 class DecoderBlock(nnx.Module):
-  """Pre-LayerNorm decoder block: ``x + attn(ln(x))``, then ``x + mlp(ln(x))`` (GELU MLP)."""
+  """Pre-LayerNorm decoder block: ``x + attn(ln(x))``, then ``x + mlp(ln(x))`` (GELU MLP; ``activation``
+  names one of :data:`ACTIVATIONS`)."""
 
-  def __init__(self, dim: int, num_heads: int, mlp_dim: int, *, dropout_rate: float, rngs: nnx.Rngs):
-    self.ln1 = nnx.LayerNorm(dim, rngs=rngs)
+  def __init__(self, dim: int, num_heads: int, mlp_dim: int, *, dropout_rate: float, norm_eps: float = 1e-6,
+               activation: str = "gelu_tanh", rngs: nnx.Rngs):
+    self.activation = activation
+    self.ln1 = nnx.LayerNorm(dim, epsilon=norm_eps, rngs=rngs)
     self.attn = CausalSelfAttention(dim, num_heads, rngs=rngs)
-    self.ln2 = nnx.LayerNorm(dim, rngs=rngs)
+    self.ln2 = nnx.LayerNorm(dim, epsilon=norm_eps, rngs=rngs)
     self.fc1 = nnx.Linear(dim, mlp_dim, rngs=rngs)
     self.fc2 = nnx.Linear(mlp_dim, dim, rngs=rngs)
     self.dropout = nnx.Dropout(dropout_rate)
@@ -139,7 +150,7 @@ class DecoderBlock(nnx.Module):
     key_attn, key_mlp = _dropout_keys(rngs, 2)
     h, feats, new_kv = self.attn(self.ln1(x_BxLxD), mask, rope, cache=cache)
     x = x_BxLxD + self.dropout(h, deterministic=not train, rngs=key_attn)
-    h = self.fc2(jax.nn.gelu(self.fc1(self.ln2(x))))
+    h = self.fc2(ACTIVATIONS[self.activation](self.fc1(self.ln2(x))))
     return x + self.dropout(h, deterministic=not train, rngs=key_mlp), feats, new_kv
 
 
@@ -148,10 +159,12 @@ class DecoderLM(nnx.Module):
   ``(logits [B, L, V], feats)``, all float32; see the module docstring for masks and features.
 
   Dropout (``train=True`` with a key in ``rngs``) acts on the embeddings and on each block's attention
-  and MLP outputs."""
+  and MLP outputs. ``norm_eps`` is every LayerNorm's epsilon; ``activation`` the MLP's, one of
+  :data:`ACTIVATIONS`."""
 
   def __init__(self, vocab_size: int, *, dim: int, depth: int, num_heads: int, mlp_dim: int, max_len: int,
-               positions: str = "rope", dropout_rate: float = 0.0, rngs: nnx.Rngs):
+               positions: str = "rope", dropout_rate: float = 0.0, norm_eps: float = 1e-6,
+               activation: str = "gelu_tanh", rngs: nnx.Rngs):
     vocab_size = _check_vocab_size(vocab_size)
     if num_heads < 1 or dim % num_heads:
       raise ValueError(f"dim ({dim}) must be a multiple of num_heads ({num_heads})")
@@ -162,6 +175,10 @@ class DecoderLM(nnx.Module):
                        f"= {dim // num_heads}")
     if depth < 1 or max_len < 1:
       raise ValueError(f"depth and max_len must be at least 1, got depth {depth} and max_len {max_len}")
+    if activation not in ACTIVATIONS:
+      raise ValueError(f"unknown activation {activation!r}; use one of: {', '.join(ACTIVATIONS)}")
+    if not norm_eps > 0:
+      raise ValueError(f"norm_eps must be > 0, got {norm_eps}")
     self.vocab_size = vocab_size
     self.dim = dim
     self.depth = depth
@@ -170,11 +187,14 @@ class DecoderLM(nnx.Module):
     self.mlp_dim = mlp_dim
     self.max_len = max_len
     self.position_encoding = positions
+    self.norm_eps = float(norm_eps)
+    self.activation = activation
     self.embed = nnx.Embed(vocab_size, dim, rngs=rngs)
     self.pos_embed = nnx.Embed(max_len, dim, rngs=rngs) if positions == "learned" else None
-    self.blocks = nnx.List([DecoderBlock(dim, num_heads, mlp_dim, dropout_rate=dropout_rate, rngs=rngs)
+    self.blocks = nnx.List([DecoderBlock(dim, num_heads, mlp_dim, dropout_rate=dropout_rate, norm_eps=norm_eps,
+                                         activation=activation, rngs=rngs)
                             for _ in range(depth)])
-    self.ln_final = nnx.LayerNorm(dim, rngs=rngs)
+    self.ln_final = nnx.LayerNorm(dim, epsilon=norm_eps, rngs=rngs)
     self.dropout = nnx.Dropout(dropout_rate)
 
   @property
