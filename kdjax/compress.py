@@ -6,6 +6,30 @@ Quantization is symmetric and per output channel: each kernel ``W[..., c]`` is s
 ``q = round(W / s_c)`` in ``[-127, 127]`` with one float32 scale ``s_c = max |W[..., c]| / 127``,
 so ``|W − q·s_c| <= s_c / 2``. Kernels (``kernel``: Linear, Conv, the recurrent cells' Linear
 layers) and embeddings are quantized; biases and normalization parameters (1-D) stay float32.
+
+Qwix (Google's JAX quantization library) computes this scheme with its ``absmax`` calibration
+scaled by 127.5/127 (:data:`QWIX_CALIBRATION`; qwix's own ``absmax`` divides by 127.5 and uses -128
+too): the same int8 values, except where ``W / s_c`` is a rounding tie that the scales' last-bit
+difference tips the other way (by one step: 1 of cnn16's 524,288 fc weights), and scales within
+float32 rounding (tested). kdjax uses qwix where it serves and its own three lines where it does not:
+
+- :func:`qwix_quantize` (qwix's ``PtqProvider``): an int8 *model* whose Linear and einsum layers
+  hold qwix ``QArray`` weights (int8 values, float32 scales) and compute with them, so it also
+  exports with int8 weights (:func:`export_model`: about 4x smaller than the float model's file).
+  :func:`qwix_int8_weights` gives its weights in :func:`quantize_params`'s storage form.
+- :func:`qwix_fake_quant_model` (qwix's ``QtProvider``): a model that trains as its int8 version
+  computes, for quantization-aware training through kdjax's train step (as a registered model).
+- The hand-written :func:`quantize`, :func:`quantize_params` and :func:`fake_quantize` stay, because
+  qwix does not serve there: (1) the train step's ``fake_quant`` and the evaluation step import this
+  module, and qwix is imported only where used (the accelerator image has no qwix); (2) qwix's
+  post-training quantization of a convolution needs int8 activations too (weight-only int8 Conv is
+  refused), and it fails inside ``nnx.scan`` (the recurrent cells); (3) an embedding lookup is no
+  matmul, so qwix never quantizes it; (4) both trainings take the gradient straight through the
+  rounding, but qwix's passes it back to earlier layers through a Linear layer's float weights,
+  where :func:`fake_quantize` passes it through the int8 ones; (5) qwix tells a weight from an
+  activation by shape where it cannot trace it to the layer's parameter, so its quantized training
+  fails when a batch has its layer's kernel's shape (batch size = in = out features). qwix is
+  imported only inside the functions that use it.
 """
 
 from __future__ import annotations
@@ -16,8 +40,9 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
-from kdjax.models.functional import apply_model, input_dtype
+from kdjax.models.functional import apply_model, input_dtype, split_model
 
 QUANTIZABLE = ("kernel", "embedding")  # the names of the weight matrices and filters that take int8
 
@@ -99,9 +124,9 @@ def size_bytes(tree: Any) -> int:
   return int(sum(np.asarray(a).nbytes for a in jax.tree.leaves(tree)))
 
 
-def _check_input_shape(input_shape: Sequence[int] | None) -> tuple[int, ...]:
+def _check_input_shape(input_shape: Sequence[int] | None, what: str = "export") -> tuple[int, ...]:
   if input_shape is None or not len(input_shape) or any(d is None or int(d) < 1 for d in input_shape):
-    raise ValueError(f"export needs the model's input shape (one example, e.g. (28, 28, 1)), got {input_shape!r}")
+    raise ValueError(f"{what} needs the model's input shape (one example, e.g. (28, 28, 1)), got {input_shape!r}")
   return tuple(int(d) for d in input_shape)
 
 
@@ -123,6 +148,96 @@ def load_exported(blob: bytes):
   """``x -> logits`` from :func:`export_model`'s bytes."""
   exported = jax.export.deserialize(bytearray(blob))
   return exported.call
+
+
+# --- int8 through qwix ---------------------------------------------------------------------------
+
+# qwix's ``absmax`` calibration divides the largest magnitude by 127.5 (int8 values in [-128, 127]);
+# scaled by 127.5/127 it divides by 127, kdjax's scheme ([-127, 127], TFLite's int8 weight range).
+QWIX_CALIBRATION = {"kdjax": f"absmax,{127.5 / 127!r}", "qwix": "absmax"}
+
+
+def _qwix_rules(scheme: str, op_names: tuple[str, ...]):
+  import qwix
+  try:
+    calibration = QWIX_CALIBRATION[scheme]
+  except (KeyError, TypeError):
+    raise ValueError(f"unknown int8 scheme {scheme!r}; use one of: {', '.join(QWIX_CALIBRATION)}") from None
+  return qwix, [qwix.QtRule(module_path=".*", op_names=op_names, weight_qtype=jnp.int8,
+                            weight_calibration_method=calibration)]
+
+
+def _example_input(input_shape: tuple[int, ...]) -> jax.Array:
+  """One input of ``input_shape`` for qwix's first call (its values do not matter): zero pixels, or
+  token id 1."""
+  dtype = input_dtype(input_shape)
+  return (jnp.ones if jnp.issubdtype(dtype, jnp.integer) else jnp.zeros)((1, *input_shape), dtype)
+
+
+def qwix_quantize(graphdef, params, rest, input_shape: Sequence[int] | None, *, scheme: str = "kdjax"):
+  """Post-training int8 weights through qwix (``qwix.PtqProvider``): ``(graphdef, qparams, rest)`` of
+  a model whose Linear and einsum layers (MLPs, classifier heads, attention projections) hold each
+  kernel as a qwix ``QArray`` (int8 values, a float32 scale per output channel) and compute with it.
+  It runs like any kdjax model (``apply_model``, ``make_eval_step``, :func:`export_model`, whose file
+  then keeps the int8 weights). ``scheme="kdjax"`` is :func:`quantize`'s scheme (the same int8
+  values); ``"qwix"`` is qwix's own (scale ``max|W|/127.5``, values in [-128, 127]).
+
+  Convolutions and embeddings keep float32 kernels (qwix quantizes a convolution's weights only with
+  its activations; a lookup is no matmul); recurrent cells are an error (qwix cannot swap weights
+  inside ``nnx.scan``). :func:`quantize_params` quantizes all of these. The model may be one of
+  :func:`qwix_fake_quant_model` (trained for int8): qwix quantizes the float model under it."""
+  input_shape = _check_input_shape(input_shape, "qwix_quantize")
+  qwix, rules = _qwix_rules(scheme, ("dot_general", "einsum"))
+  model = nnx.merge(graphdef, params, rest, copy=True)
+  try:
+    quantized = qwix.quantize_model(model, qwix.PtqProvider(rules), _example_input(input_shape), train=False)
+  except (TypeError, ValueError) as e:
+    raise ValueError(f"qwix could not quantize this model ({type(model).__name__}): {e}\n(qwix's int8 weights "
+                     "cannot replace weights inside nnx.scan, e.g. recurrent cells); kdjax.compress.quantize_params "
+                     "quantizes every kernel") from e
+  return split_model(quantized)
+
+
+def _is_qwix_weight(x) -> bool:
+  return isinstance(x, dict) and set(x) == {"array"} and isinstance(x["array"], dict) and {
+      "qvalue", "scale"} <= set(x["array"])
+
+
+def qwix_int8_weights(qparams: Any) -> Any:
+  """:func:`qwix_quantize`'s parameters in :func:`quantize_params`'s storage form (a plain dict):
+  each qwix weight as ``{"q": int8, "scale": float32}`` (the scale without its leading size-1 axes,
+  so it broadcasts against ``q``); other parameters as they are. :func:`dequantize_params`,
+  :func:`pack_sparse` and :func:`size_bytes` take it."""
+  tree = nnx.to_pure_dict(qparams) if isinstance(qparams, nnx.State) else qparams
+
+  def one(x):
+    if not _is_qwix_weight(x):
+      return x
+    array = x["array"]
+    if array.get("zero_point") is not None:
+      raise ValueError("qwix weight with a zero point (asymmetric calibration): kdjax stores symmetric int8 only")
+    scale = jnp.asarray(array["scale"])
+    while scale.ndim > 1 and scale.shape[0] == 1:
+      scale = scale[0]
+    return {"q": array["qvalue"], "scale": scale}
+
+  return jax.tree.map(one, tree, is_leaf=_is_qwix_weight)
+
+
+def qwix_fake_quant_model(model: nnx.Module, input_shape: Sequence[int] | None, *, scheme: str = "kdjax"):
+  """``model`` training as its int8 version computes, through qwix's quantized training
+  (``qwix.QtProvider``): every Linear, einsum and Conv kernel is rounded to its int8 value in the
+  forward pass (:func:`fake_quantize`'s values with ``scheme="kdjax"``); embeddings are not. The
+  parameters are the float model's, so kdjax's train step, optimizer and pruning take it as they
+  are (build it in a registered model's ``build``). Its gradients are straight-through, as
+  :func:`fake_quantize`'s (the last layer's are the same), but through a Linear layer the gradient
+  goes back to earlier layers by its float weights (``fake_quantize``, and qwix through a Conv: by
+  its int8 weights). qwix tells a weight from an activation by tracing it to the layer's parameter,
+  or else by shape: a batch whose activation has a layer's kernel's shape (batch size = in = out
+  features) fails with "lhs and rhs cannot be both weights"."""
+  input_shape = _check_input_shape(input_shape, "qwix_fake_quant_model")
+  qwix, rules = _qwix_rules(scheme, ("dot_general", "einsum", "conv_general_dilated"))
+  return qwix.quantize_model(model, qwix.QtProvider(rules), _example_input(input_shape), train=False)
 
 
 # --- Sparse storage -------------------------------------------------------------------------------

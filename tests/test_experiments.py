@@ -137,7 +137,7 @@ def test_robustness_compares_kd_and_ard_and_plots_accuracy_against_eps(tmp_path)
   assert "| student, ARD from the robust teacher `mlp800` |" in (out / "table.md").read_text()
 
 
-@pytest.mark.slow  # 12 s on 2 cores; the parts are tested in test_compress.py
+@pytest.mark.slow  # 15 s on 2 cores; the parts are tested in test_compress.py and test_compress_qwix.py
 def test_compress_distils_prunes_quantizes_and_exports(tmp_path):
   _load("compress").main([*QUICK, "--epochs", "2", "--prune-start", "0", "--prune-end", "1", "--sparsity", "0.8",
                           "--workdir", str(tmp_path)])
@@ -146,6 +146,14 @@ def test_compress_distils_prunes_quantizes_and_exports(tmp_path):
   assert exported["accuracy"] == aware["accuracy"]  # the reloaded StableHLO predicts as the int8 model
   assert pruned["stored_bytes"] < 0.6 * pruned["dense_bytes"] and aware["stored_bytes"] < pruned["stored_bytes"]
   assert (tmp_path / "compress" / "student_seed0.stablehlo").exists()
+  if importlib.util.find_spec("qwix") is None:  # the script leaves its qwix rows out
+    assert "exported (qwix)" not in rows
+    return
+  (int8,), (qwix_int8,), (qwix_aware,), (qwix_exported,) = (rows[k] for k in (
+      "pruned, int8", "pruned, int8 (qwix)", "pruned, int8-aware (qwix)", "exported (qwix)"))
+  assert qwix_int8["accuracy"] == int8["accuracy"]  # qwix's int8 model with kdjax's scale: the same predictions
+  assert qwix_exported["accuracy"] == qwix_aware["accuracy"]  # the reloaded qwix int8 StableHLO predicts as it
+  assert qwix_exported["dense_bytes"] < 0.3 * exported["dense_bytes"]  # its file keeps the int8 weights
 
 
 def test_robustness_and_compress_refuse_bad_settings_before_training(tmp_path):
