@@ -26,7 +26,9 @@ from kdjax.sweep.store import append_record, best_and_final, finished_ids, load_
 from kdjax.sweep.train import check_group, train_group
 from kdjax.health import is_healthy, short
 from kdjax.identity import fingerprint
+from kdjax.tracking import require_tensorboardx, run_name, write_run
 from kdjax.train import TrainedModel, check_run, train_teacher, untrained
+from kdjax.train.loop import steps_per_epoch
 from kdjax.workdir import check_writable, exclusive, remove_leftovers
 
 # Study fields that do not change what a run computes: left out of a run's identity. (A run's method and
@@ -80,7 +82,8 @@ def _json_safe(value):
 
 def run_sweep(base: StudyConfig, grid_items: list[str], *, out_dir: str | Path, max_parallel: int | None = None,
               data: ArrayDataset | None = None, subset: int | None = None, data_seed: int = 0, teacher_seed: int = 0,
-              baseline: str | None = None, progress: bool = True, include_unhealthy: bool = False) -> SweepResult:
+              baseline: str | None = None, progress: bool = True, include_unhealthy: bool = False,
+              tensorboard: bool | str | Path = False) -> SweepResult:
   """Runs every run of the grid ``grid_items`` over the preset ``base`` (see
   :mod:`kdjax.sweep.grid` for the keys); runs differing only in seed and scalar hyperparameters
   train together, at most ``max_parallel`` at once. Writes ``results.jsonl``, ``report.md``, CSV
@@ -90,7 +93,10 @@ def run_sweep(base: StudyConfig, grid_items: list[str], *, out_dir: str | Path, 
   Each run's health (:mod:`kdjax.health`, thresholds ``base.health``) is stored with it; the
   report leaves unhealthy runs out of its means and comparisons unless ``include_unhealthy``.
   Every distinct run is traced on shapes before the first one trains (:func:`kdjax.train.check_run`),
-  so a run that cannot train fails before any does."""
+  so a run that cannot train fails before any does. ``tensorboard`` (True: under ``OUT/tensorboard``, or a
+  folder) also writes each stored run to TensorBoard event files, ``VARIANT_seedS`` (:mod:`kdjax.tracking`)."""
+  if tensorboard:
+    require_tensorboardx()  # missing: fails before any training
   grid = parse_grid(grid_items, base)
   runs = expand(grid, base)
   for r in runs:  # before any training: sweeps do not take these switches yet
@@ -124,12 +130,13 @@ def run_sweep(base: StudyConfig, grid_items: list[str], *, out_dir: str | Path, 
       print(f"removed {path}, left by an interrupted write", flush=True)
     return _run_grid(base, grid, runs, variants, data, out_dir, subset=subset, data_seed=data_seed,
                      teacher_seed=teacher_seed, baseline=baseline, progress=progress,
-                     include_unhealthy=include_unhealthy, max_parallel=max_parallel)
+                     include_unhealthy=include_unhealthy, max_parallel=max_parallel,
+                     track=None if not tensorboard else out_dir / "tensorboard" if tensorboard is True else tensorboard)
 
 
 def _run_grid(base: StudyConfig, grid, runs: list[Run], variants: list[str], data: ArrayDataset, out_dir: Path, *,
               subset: int | None, data_seed: int, teacher_seed: int, baseline: str, progress: bool,
-              include_unhealthy: bool, max_parallel: int | None) -> SweepResult:
+              include_unhealthy: bool, max_parallel: int | None, track: str | Path | None = None) -> SweepResult:
   store = out_dir / "results.jsonl"
   configs = {id(r): {**run_config(r, data_seed=data_seed, teacher_seed=teacher_seed, subset=subset),
                      "data": _data_identity(data)} for r in runs}
@@ -163,6 +170,9 @@ def _run_grid(base: StudyConfig, grid, runs: list[Run], variants: list[str], dat
                             "teacher": teacher.test if teacher is not None else None,
                             "teacher_health": teacher.health if teacher is not None else None, "dataset": data.name,
                             "kdjax": env["kdjax"], "jax": env["jax"], "device": env["device"], "date": env["date"]}))
+      if track is not None:  # the stored run to TensorBoard too; results.jsonl stays the truth
+        write_run(track, run_name(run.variant, run.seed), res["history"], config=configs[id(run)], health=res["health"],
+                  steps_per_epoch=steps_per_epoch(len(data.train_labels), run.cfg.distilled.batch_size))
     if progress:
       print(f"group {i}/{len(groups)} ({first.method}, {len(group)} runs): "
             + ", ".join(f"{r.variant} seed {r.seed}: {res['history'][-1]['test_errors']} errors"

@@ -43,6 +43,7 @@ from typing import Any, NamedTuple
 import numpy as np
 from tqdm.auto import tqdm
 
+from kdjax import tracking
 from kdjax.health import HealthThresholds, judge_run
 from kdjax.train.checkpoint import Checkpointing, save_run
 from kdjax.train.state import TrainState
@@ -151,6 +152,34 @@ def jsonl_log(path: str | Path, *, run: Mapping[str, Any] | None = None, kept_ep
       log_file.flush()
 
   return Hook(on_save_point=write, close=log_file.close)
+
+
+def tensorboard_log(writer, *, every_steps: int = 10) -> Hook:
+  """Mirrors the run to TensorBoard through ``writer`` (:func:`kdjax.tracking.open_writer`): each epoch's
+  record as the JSONL log writes it, at its step (:func:`kdjax.tracking.write_record`: ``test/*``,
+  ``epoch/*``), and the train step's metrics at every ``every_steps``-th step (``train/*``). Its first
+  step is marked as a restart (:func:`kdjax.tracking.restart_at`): for a resumed run, the points an
+  interrupted one logged past its checkpoint are dropped. The writer's owner closes it; the hook
+  flushes it when the run ends, however it ends."""
+  if every_steps < 1:
+    raise ValueError(f"tensorboard_log's every_steps must be >= 1, got {every_steps}")
+  started = False
+
+  def steps(call: StepMetrics) -> None:
+    nonlocal started
+    if not started:
+      started = True
+      tracking.restart_at(writer, call.first_step)
+    for i in range(call.num_steps):
+      if (call.first_step + i) % every_steps == 0:
+        tracking.write_step(writer, call.first_step + i,
+                            {k: np.asarray(v)[i] if call.stacked else v for k, v in call.metrics.items()})
+
+  def epoch(point: SavePoint) -> None:
+    if point.record is not None:
+      tracking.write_record(writer, point.record)
+
+  return Hook(on_step=steps, on_save_point=epoch, close=writer.flush)
 
 
 def rewind_log(path: str | Path, run: Mapping[str, Any], kept_epochs: int) -> None:
