@@ -1,7 +1,9 @@
 """The ``kdjax`` command line.
 
-    kdjax distill [--config NAME] [--method NAME] [--data SPEC] [--seeds 0,1,2] [--set key=value ...]
+    kdjax distill [--config NAME|FILE.toml] [--method NAME] [--data SPEC] [--seeds 0,1,2] [--set key=value ...]
                   [--checkpoint-every N] [--resume | --resume-or-start] [--teacher-checkpoint DIR] [--distributed ...]
+                  [--teacher-weights FILE [--teacher-input-norm imagenet|cifar100]]
+                  [--tensorboard]
     kdjax sweep [CONFIG] --grid key=v1,v2 [--grid ...] [--set key=value ...] [--max-parallel K]
     kdjax list
     kdjax bench [--teacher T --student S] [--batch 64,256,1024] [--precision fp32,bf16]
@@ -11,16 +13,15 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import itertools
-import json
 import sys
 
 from kdjax.bench import add_ratios, bench_kd, bench_lm, check_config, format_lm_table, to_jsonl, write_jsonl
 from kdjax.bench import format_table as format_bench_table
-from kdjax.config import override, validate_study
+from kdjax.config import StudyConfig, override, validate_study
+from kdjax.config_file import dumps_toml, load_toml
 from kdjax.health import EXIT_UNHEALTHY, warning_block
-from kdjax.lm_study import LM_PRESETS, run_lm_study, unhealthy_lm_runs, validate_lm_study
+from kdjax.lm_study import LM_PRESETS, LMStudyConfig, run_lm_study, unhealthy_lm_runs, validate_lm_study
 from kdjax.methods import REGISTRY, format_hparams, method_hparams, method_spec
 from kdjax.models import get_model_spec, model_names
 from kdjax.parallel import initialize_distributed, is_primary
@@ -34,9 +35,10 @@ def _parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(prog="kdjax", description="Knowledge distillation in JAX.")
   sub = p.add_subparsers(dest="command", required=True)
   d = sub.add_parser("distill", help="teacher, student alone and distilled student, over seeds")
-  d.add_argument("--config", default="hinton_mnist", choices=sorted(PRESETS) + sorted(LM_PRESETS),
-                 help="the study to run (default: hinton_mnist, Hinton et al. 2015 on the built-in subset); lm_*: "
-                      "language-model distillation (docs/language_models.md)")
+  d.add_argument("--config", default="hinton_mnist", type=_config_arg, metavar="NAME|FILE.toml",
+                 help="the study to run: a preset (" + ", ".join(sorted(PRESETS) + sorted(LM_PRESETS)) + "; default: "
+                      "hinton_mnist, Hinton et al. 2015 on the built-in subset; lm_*: language-model distillation, "
+                      "docs/language_models.md) or a study file, e.g. one --show-config wrote (docs/study_files.md)")
   d.add_argument("--method", help="the distilled run's method (kdjax list), default the config's (hinton); its "
                                   "hyperparameters: --set method.NAME=VALUE, e.g. --method dkd --set method.beta=4")
   d.add_argument("--data", help="dataset: builtin, idx:PATH or tfds:NAME; text: negation, rotten_tomatoes, tfds:imdb_reviews (overrides the config)")
@@ -58,6 +60,17 @@ def _parser() -> argparse.ArgumentParser:
   d.add_argument("--teacher-checkpoint", metavar="DIR",
                  help="restore the teacher from a run's checkpoint folder (e.g. WORKDIR/NAME/checkpoints/"
                       "teacher_seed0) instead of training it; its architecture must be the config's")
+  d.add_argument("--teacher-weights", metavar="FILE",
+                 help="import the teacher from PyTorch weights (.pth/.pt/.safetensors: torchvision's resnet18/34/50, "
+                      "RepDistiller's CIFAR zoo) instead of training it; they must be of the config's teacher.model, "
+                      "checked tensor by tensor; an lm_ study takes a local Hugging Face GPT-2 folder or file whose "
+                      "vocabulary is the study's tokenizer's; nothing is downloaded (docs/pretrained.md)")
+  d.add_argument("--teacher-input-norm", choices=("none", "imagenet", "cifar100"),
+                 help="with --teacher-weights: the per-channel normalization the weights were trained with, put in "
+                      "front of the teacher (kdjax feeds pixels in [0, 1]); default none")
+  d.add_argument("--tensorboard", action="store_true",
+                 help="also write TensorBoard event files of every run under WORKDIR/NAME/tensorboard (metrics.jsonl "
+                      "stays the record; needs pip install 'kdjax[track]'; docs/tracking.md)")
   _health_args(d)
   d.add_argument("--distributed", action="store_true",
                  help="join a multi-process run (jax.distributed.initialize): on TPU pods, Slurm and Kubernetes "
@@ -87,6 +100,8 @@ def _parser() -> argparse.ArgumentParser:
   w.add_argument("--data-seed", type=int, default=0, help="the batch order and augmentation shared by all runs")
   w.add_argument("--out", help="output directory (default: runs/sweep_<config>)")
   w.add_argument("--no-progress", action="store_true", help="no progress bars")
+  w.add_argument("--tensorboard", action="store_true",
+                 help="also write TensorBoard event files of every run under OUT/tensorboard (docs/tracking.md)")
   _health_args(w)
   sub.add_parser("list", help="list the study configs, models, methods and datasets")
   b = sub.add_parser("bench", help="time the distillation train step: images/s, compile time, FLOPs, MFU, memory",
@@ -123,6 +138,33 @@ def _parser() -> argparse.ArgumentParser:
   return p
 
 
+# The kinds of study file (kdjax.config_file): a file says which with `kind = "..."`, or by its `preset`; neither:
+# the first, the teacher / student / distilled study of image or text classification.
+STUDY_KINDS = {"study": (StudyConfig, PRESETS), "lm_study": (LMStudyConfig, LM_PRESETS)}
+
+
+def _config_arg(text: str) -> str:
+  """``--config``: a preset's name, or a study file (a path ending in .toml)."""
+  if text in PRESETS or text in LM_PRESETS or text.endswith(".toml"):
+    return text
+  names = ", ".join(map(repr, sorted(PRESETS) + sorted(LM_PRESETS)))
+  raise argparse.ArgumentTypeError(f"invalid choice: {text!r} (choose from {names}, or a study file PATH.toml)")
+
+
+def _study_config(config: str):
+  """``(kind, config)`` of ``--config``: a preset, or the study file it names (a StudyFileError, each
+  problem as FILE:LINE: key: problem, if it cannot be read)."""
+  if config.endswith(".toml"):
+    return load_toml(config, STUDY_KINDS)
+  return ("lm_study", LM_PRESETS[config]) if config in LM_PRESETS else ("study", PRESETS[config])
+
+
+def _print_error(e: Exception) -> None:
+  """``kdjax: error: ...`` on stderr, one line each for an error of several lines (a study file's problems)."""
+  for line in str(e).splitlines() or [""]:
+    print(f"kdjax: error: {line}", file=sys.stderr)
+
+
 def _health_args(p: argparse.ArgumentParser) -> None:
   p.add_argument("--allow-unhealthy", action="store_true",
                  help=f"exit 0 even when a run is unhealthy (default: exit {EXIT_UNHEALTHY}; docs/health.md)")
@@ -155,6 +197,8 @@ def main(argv: list[str] | None = None) -> int:
     print("language-model studies (kdjax distill --config NAME):")
     for name, cfg in sorted(LM_PRESETS.items()):
       print(f"  {name:20s} {cfg.corpus}: {cfg.teacher.model} -> {cfg.student.model}, recipes {', '.join(cfg.recipes)}")
+    print("study files: kdjax distill --config PATH.toml; kdjax distill --config NAME --show-config > PATH.toml writes "
+          "one (docs/study_files.md)")
     return 0
 
   if args.command == "sweep":
@@ -170,9 +214,13 @@ def main(argv: list[str] | None = None) -> int:
   if args.checkpoint_every is not None and args.checkpoint_every < 0:
     print(f"kdjax: error: --checkpoint-every must be >= 0, got {args.checkpoint_every}", file=sys.stderr)
     return 2
-  if args.config in LM_PRESETS:
-    return _lm_distill(args)
-  cfg = PRESETS[args.config]
+  try:
+    kind, cfg = _study_config(args.config)
+  except ValueError as e:  # a study file's problems, one a line: FILE:LINE: key: problem
+    _print_error(e)
+    return 2
+  if kind == "lm_study":
+    return _lm_distill(args, cfg)
   extra = ([f"method={args.method}"] if args.method else []) + _study_overrides(args)
   try:
     cfg = override(cfg, extra)
@@ -182,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"kdjax: error: {e}", file=sys.stderr)
     return 2
   if args.show_config:
-    print(json.dumps(dataclasses.asdict(cfg), indent=2))
+    print(dumps_toml(cfg, kind="study"), end="")
     return 0
 
   try:
@@ -191,9 +239,10 @@ def main(argv: list[str] | None = None) -> int:
                              timeout_s=300 if args.distributed_timeout is None else args.distributed_timeout)
     result = run_study(cfg, progress=not args.no_progress, checkpoint_every=args.checkpoint_every,
                        resume=args.resume or args.resume_or_start, start_if_nothing=args.resume_or_start,
-                       teacher_checkpoint=args.teacher_checkpoint,
-                       include_unhealthy=args.include_unhealthy)
-  except (ValueError, FileNotFoundError, NotADirectoryError) as e:
+                       teacher_checkpoint=args.teacher_checkpoint, teacher_weights=args.teacher_weights,
+                       teacher_input_norm=args.teacher_input_norm,
+                       include_unhealthy=args.include_unhealthy, tensorboard=args.tensorboard)
+  except (ValueError, FileNotFoundError, NotADirectoryError, ImportError) as e:
     print(f"kdjax: error: {e}", file=sys.stderr)
     return 2
   except NonFiniteLossError as e:
@@ -207,7 +256,8 @@ def main(argv: list[str] | None = None) -> int:
   print(format_table(result, include_unhealthy=args.include_unhealthy))
   if result.out_dir:
     print(f"\nwritten: {result.out_dir}/metrics.jsonl, results.json, table.md"
-          + (", checkpoints/" if args.checkpoint_every is not None or args.resume or args.resume_or_start else ""))
+          + (", checkpoints/" if args.checkpoint_every is not None or args.resume or args.resume_or_start else "")
+          + (", tensorboard/" if args.tensorboard else ""))
   return _end_with_health(unhealthy_runs(result), args)
 
 
@@ -219,12 +269,14 @@ def _study_overrides(args) -> list[str]:
           *([f"workdir={args.workdir}"] if args.workdir else []), *(["download=true"] if args.download else [])]
 
 
-def _lm_distill(args) -> int:
-  """``kdjax distill --config lm_...``: a language-model study (:mod:`kdjax.lm_study`)."""
+def _lm_distill(args, base) -> int:
+  """``kdjax distill --config lm_...`` (or a study file of kind lm_study): a language-model study
+  (:mod:`kdjax.lm_study`) of config ``base`` with the command's overrides."""
   unsupported = [flag for flag, given in (("--method", args.method), ("--data", args.data),
                                           ("--checkpoint-every", args.checkpoint_every is not None),
                                           ("--resume", args.resume), ("--resume-or-start", args.resume_or_start),
                                           ("--teacher-checkpoint", args.teacher_checkpoint),
+                                          ("--teacher-input-norm", args.teacher_input_norm),
                                           ("--distributed", args.distributed),
                                           ("--include-unhealthy", args.include_unhealthy)) if given]
   if unsupported:
@@ -233,17 +285,18 @@ def _lm_distill(args) -> int:
           file=sys.stderr)
     return 2
   try:
-    cfg = override(LM_PRESETS[args.config], _study_overrides(args))
+    cfg = override(base, _study_overrides(args))
     validate_lm_study(cfg)
   except ValueError as e:
     print(f"kdjax: error: {e}", file=sys.stderr)
     return 2
   if args.show_config:
-    print(json.dumps(dataclasses.asdict(cfg), indent=2))
+    print(dumps_toml(cfg, kind="lm_study"), end="")
     return 0
   try:
-    payload = run_lm_study(cfg, progress=not args.no_progress, log=lambda line: print(line, file=sys.stderr))
-  except (ValueError, FileNotFoundError, NotADirectoryError) as e:
+    payload = run_lm_study(cfg, progress=not args.no_progress, log=lambda line: print(line, file=sys.stderr),
+                           teacher_weights=args.teacher_weights, tensorboard=args.tensorboard)
+  except (ValueError, FileNotFoundError, NotADirectoryError, ImportError) as e:
     print(f"kdjax: error: {e}", file=sys.stderr)
     return 2
   except OSError as e:
@@ -292,8 +345,9 @@ def _sweep(args) -> int:
     validate_study(cfg)
     result = run_sweep(cfg, args.grid, out_dir=args.out or f"runs/sweep_{args.config}", max_parallel=args.max_parallel,
                        subset=args.subset, data_seed=args.data_seed, baseline=args.baseline,
-                       progress=not args.no_progress, include_unhealthy=args.include_unhealthy)
-  except (ValueError, FileNotFoundError, NotADirectoryError) as e:
+                       progress=not args.no_progress, include_unhealthy=args.include_unhealthy,
+                       tensorboard=args.tensorboard)
+  except (ValueError, FileNotFoundError, NotADirectoryError, ImportError) as e:
     print(f"kdjax: error: {e}", file=sys.stderr)
     return 2
   except NonFiniteLossError as e:  # a teacher's training; a student's bad steps are skipped and recorded

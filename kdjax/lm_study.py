@@ -47,7 +47,15 @@ from kdjax.methods import init_method, make_method, method_identity
 from kdjax.models.decoder import generate, lm_apply
 from kdjax.models.functional import feature_shapes, split_model
 from kdjax.models.registry import create_model, get_model_spec, model_names
+from kdjax.pretrained.gpt2 import load_gpt2
 from kdjax.stats import mean_std, paired_difference
+from kdjax.tracking import (
+  require_tensorboardx,
+  run_name,
+  run_writers,
+  write_health,
+  write_record,
+)
 from kdjax.train.checkpoint import load_pytree, save_pytree
 from kdjax.train.cohort import stack_states
 from kdjax.train.lm import (
@@ -242,12 +250,43 @@ def _fill_topk_cache(directory: Path, identity: dict, graphdef, variables, rows:
   writer.close()
 
 
+def imported_lm_teacher(path: str | Path, *, vocab_size: int, seq_len: int, tokenizer: str = "ByteTokenizer"):
+  """A local Hugging Face GPT-2 checkpoint (:func:`kdjax.pretrained.gpt2.load_gpt2`: a folder or a weights
+  file; nothing is downloaded) as a study's teacher: ``(graphdef, {"params", "rest"}, identity)``, the
+  identity a digest of its weights, LayerNorm epsilon and activation.
+
+  Its vocabulary must be the study tokenizer's (``vocab_size`` ids of ``tokenizer``): kdjax does not
+  distil across tokenizers, so a teacher with another vocabulary (GPT-2's own 50257 BPE ids) is refused,
+  naming both sizes; its context (``n_positions``) must hold ``seq_len`` tokens."""
+  model = load_gpt2(path)
+  if model.vocab_size != vocab_size:
+    raise ValueError(f"the imported teacher {path} has a vocabulary of {model.vocab_size} ids, the study's "
+                     f"tokenizer ({tokenizer}) {vocab_size}: kdjax does not distil across tokenizers")
+  if model.max_len < seq_len:
+    raise ValueError(f"the imported teacher {path} reads at most {model.max_len} tokens (n_positions), fewer than "
+                     f"the study's seq_len {seq_len}")
+  graphdef, params, rest = split_model(model)
+  variables = {"params": params, "rest": rest}
+  teacher_id = digest({"imported": "gpt2", "weights": array_digest(*jax.tree.leaves(jax.device_get(variables))),
+                       "norm_eps": model.norm_eps, "activation": model.activation})
+  return graphdef, variables, teacher_id
+
+
 def run_lm_study(cfg: LMStudyConfig, *, progress: bool = True, out_dir: str | Path | None = None,
-                 log=print) -> dict[str, Any]:
+                 log=print, tensorboard: bool | str | Path = False,
+                 teacher_weights: str | Path | None = None) -> dict[str, Any]:
   """Runs the study and writes ``results.json``, ``table.md`` and ``metrics.jsonl`` under
-  ``WORKDIR/NAME`` (or ``out_dir``). Returns the results payload (with ``"table"``)."""
+  ``WORKDIR/NAME`` (or ``out_dir``). Returns the results payload (with ``"table"``). ``tensorboard``
+  (True: under ``WORKDIR/NAME/tensorboard``, or a folder) mirrors every run's epochs, config and health
+  to TensorBoard event files, one folder per run and seed (:mod:`kdjax.tracking`).
+
+  ``teacher_weights``: a local Hugging Face GPT-2 checkpoint to distil from instead of training
+  ``cfg.teacher`` (:func:`imported_lm_teacher`; its vocabulary must be the tokenizer's)."""
   validate_lm_study(cfg)
   out = Path(out_dir) if out_dir is not None else Path(cfg.workdir) / cfg.name
+  track = None if not tensorboard else out / "tensorboard" if tensorboard is True else Path(tensorboard)
+  if track is not None:
+    require_tensorboardx()  # missing: fails before the corpus loads
   corpus = load_corpus(cfg)
   tokenizer = ByteTokenizer()
   data = lm_dataset(corpus, tokenizer, seq_len=cfg.seq_len, valid_fraction=cfg.valid_fraction, seed=cfg.data_seed,
@@ -268,9 +307,11 @@ def run_lm_study(cfg: LMStudyConfig, *, progress: bool = True, out_dir: str | Pa
     if kind == "cache" and method_temperature(method) != CACHE_TEMPERATURE:
       raise ValueError(f"recipe {recipe!r} takes its divergence at T={method_temperature(method)}, but the top-k "
                        f"cache holds the teacher's log-probabilities at T={CACHE_TEMPERATURE}")
+  imported = None if teacher_weights is None else imported_lm_teacher(teacher_weights, vocab_size=vocab,
+                                                                      seq_len=cfg.seq_len)
   valid_targets = data.valid["targets"][data.valid["mask"] > 0]
   majority = float(np.bincount(valid_targets, minlength=vocab).max() / max(len(valid_targets), 1))
-  with exclusive(out, "kdjax distill"):
+  with exclusive(out, "kdjax distill"), run_writers(track, config=to_dict(cfg)) as writers:
     check_writable(out)
     started = time.time()
     log_path = out / "metrics.jsonl"
@@ -280,18 +321,32 @@ def run_lm_study(cfg: LMStudyConfig, *, progress: bool = True, out_dir: str | Pa
       with open(log_path, "a") as f:
         for seed, r in zip(seeds, records):
           f.write(json.dumps({"run": run, "seed": seed, **r}) + "\n")
+      if writers is not None:  # the same records to TensorBoard, at the epoch's last step
+        per_epoch = t_steps if run == "teacher" else s_steps
+        for seed, r in zip(seeds, records):
+          write_record(writers(run_name(run, seed)), r, r["epoch"] * per_epoch)
 
     # The teacher: trained once, kept beside the results under its identity.
     t_run = cfg.teacher
+    t_name = t_run.model if imported is None else f"gpt2:{teacher_weights}"
     sft = make_method("lm_sft")
     t_steps = len(data.train["tokens"]) // t_run.batch_size
-    teacher_id = digest({"config": to_dict(t_run), "data": data.fingerprint, "seed": cfg.teacher_seed,
-                         "data_seed": cfg.data_seed})
-    t_graphdef, t_tx, t_state = _states(cfg, t_run, sft, vocab, [cfg.teacher_seed], t_steps, {})
+    if imported is None:
+      teacher_id = digest({"config": to_dict(t_run), "data": data.fingerprint, "seed": cfg.teacher_seed,
+                           "data_seed": cfg.data_seed})
+      t_graphdef, t_tx, t_state = _states(cfg, t_run, sft, vocab, [cfg.teacher_seed], t_steps, {})
+    else:
+      t_graphdef, t_vars, teacher_id = imported
     saved = out / f"teacher-{teacher_id}.npz"
     record = saved.with_suffix(".json")  # written after the weights: both present means a finished teacher
     t_eval = make_lm_eval(t_graphdef, cohort=True, precision=t_run.precision)
-    if saved.exists() and record.exists():
+    if imported is not None:  # not trained here: judged by its validation numbers (and weak_teacher below)
+      stacked = jax.tree.map(lambda a: a[None], t_vars)
+      t_final = evaluate_lm(t_eval, stacked["params"], stacked["rest"], data.valid, batch_size=cfg.eval_batch_size,
+                            num_students=1)[0]
+      t_health = H.verdict([])
+      log(f"teacher {t_name}: imported")
+    elif saved.exists() and record.exists():
       t_vars = load_pytree(saved, {"params": _unstack(t_state.params, 0), "rest": _unstack(t_state.rest, 0)})
       t_vars = jax.tree.map(jnp.asarray, t_vars)
       stacked = jax.tree.map(lambda a: a[None], t_vars)
@@ -312,7 +367,7 @@ def run_lm_study(cfg: LMStudyConfig, *, progress: bool = True, out_dir: str | Pa
       save_pytree(saved, t_vars)
       write_atomic(record, json.dumps({"identity": teacher_id, "health": t_health, "final": t_final,
                                        "history": t_hist[0], "initial": t_init[0]}, indent=2))
-    log(f"teacher {t_run.model}: perplexity {t_final['perplexity']:.3f}, next-token accuracy "
+    log(f"teacher {t_name}: perplexity {t_final['perplexity']:.3f}, next-token accuracy "
         f"{100 * t_final['test_accuracy']:.2f}% ({H.short(t_health)})")
     teacher_shapes = feature_shapes(t_graphdef, t_vars["params"], t_vars["rest"], (cfg.seq_len,))
     prompts = data.valid["tokens"][:SAMPLES, :cfg.prompt_len]
@@ -368,9 +423,14 @@ def run_lm_study(cfg: LMStudyConfig, *, progress: bool = True, out_dir: str | Pa
                                                        if r["health"]["ok"]], cfg.health)
     if weak is not None:
       t_health = H.add_problem(t_health, weak)
+    if writers is not None:  # every run's verdict at its last step
+      write_health(writers(run_name("teacher", cfg.teacher_seed)), t_health, t_run.epochs * t_steps)
+      for recipe, rs in runs.items():
+        for r in rs:
+          write_health(writers(run_name(recipe, r["seed"])), r["health"], s_run.epochs * s_steps)
     payload = {"config": to_dict(cfg), "corpus": {**data.fingerprint, "source": corpus.source,
                                                   "licence": corpus.licence},
-               "teacher": {"model": t_run.model, "identity": teacher_id, "final": t_final, "health": t_health},
+               "teacher": {"model": t_name, "identity": teacher_id, "final": t_final, "health": t_health},
                "runs": runs, "comparisons": compare(runs), "majority_share": majority, "samples": samples,
                "env": {"jax": jax.__version__, "device": str(jax.devices()[0].device_kind),
                        "platform": platform.platform(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),

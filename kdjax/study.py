@@ -33,9 +33,12 @@ from kdjax.runs import check_models_fit_data, environment, subset_data  # re-exp
 from kdjax.stats import mean_std  # noqa: F401  (re-exported, as before)
 from kdjax.identity import fingerprint
 from kdjax.methods import supervised
-from kdjax.train import (NonFiniteLossError, check_run, distill, restore_trained, run_identity, train_student,
-                         train_teacher, untrained)
+from kdjax.tracking import require_tensorboardx, run_name, run_writers, write_health
+from kdjax.train import (NonFiniteLossError, TrainedModel, check_run, distill, import_trained, restore_trained,
+                         run_identity, train_student, train_teacher, untrained)
 from kdjax.train.checkpoint import checkpoint_steps, read_meta, run_mismatch, save_pytree
+from kdjax.train.hooks import tensorboard_log
+from kdjax.train.loop import steps_per_epoch
 from kdjax.train.teacher_cache import check_teacher_cache_file
 from kdjax.workdir import check_writable, exclusive, remove_leftovers, write_atomic
 
@@ -69,32 +72,54 @@ class StudyResult:
 
 def run_study(cfg: StudyConfig, *, data: ArrayDataset | None = None, progress: bool = True,
               write: bool = True, checkpoint_every: int | None = None, resume: bool = False,
-              teacher_checkpoint: str | Path | None = None, include_unhealthy: bool = False,
-              start_if_nothing: bool = False) -> StudyResult:
+              teacher_checkpoint: str | Path | None = None, teacher_weights: str | Path | None = None,
+              teacher_input_norm: str | None = None, include_unhealthy: bool = False,
+              start_if_nothing: bool = False, tensorboard: bool | str | Path = False) -> StudyResult:
   """Trains the teacher, the student alone (and its augmented control) and the distilled student
   over the seeds, and writes the table and results. ``checkpoint_every`` (steps; 0 = at epoch ends
   only) checkpoints every run under ``WORKDIR/NAME/checkpoints/ROLE_seedS``; ``resume`` continues
   each run from its newest checkpoint there (a finished run is restored, not trained again; with
   nothing saved it is an error, unless ``start_if_nothing``: then the study starts);
   ``teacher_checkpoint`` restores the teacher from a run's checkpoint folder instead of training
-  it (its architecture is checked against ``cfg.teacher``). With several processes only process
+  it (its architecture is checked against ``cfg.teacher``); ``teacher_weights`` imports it from a PyTorch
+  or safetensors file of ``cfg.teacher.model`` instead (:func:`kdjax.train.import_trained`; torchvision's
+  ImageNet ResNets, RepDistiller's CIFAR zoo), behind the input normalization ``teacher_input_norm``
+  (``"imagenet"``, ``"cifar100"``), and evaluates it on the test split. With several processes only process
   0 prints and writes files. Every run's health (:mod:`kdjax.health`, thresholds ``cfg.health``) is
-  kept with its numbers; the table leaves unhealthy runs out of its means unless ``include_unhealthy``."""
+  kept with its numbers; the table leaves unhealthy runs out of its means unless ``include_unhealthy``.
+  ``tensorboard`` (True: under ``WORKDIR/NAME/tensorboard``, or a folder) mirrors every run to TensorBoard
+  event files, one folder per run, ``ROLE_seedS`` (:mod:`kdjax.tracking`, docs/tracking.md); it changes
+  no result, so it is no part of a run's identity."""
   validate_study(cfg)
+  if teacher_weights is not None and teacher_checkpoint is not None:
+    raise ValueError("the teacher comes from a checkpoint folder (--teacher-checkpoint) or from imported weights "
+                     "(--teacher-weights), not both")
+  if teacher_input_norm not in (None, "none") and teacher_weights is None:
+    raise ValueError("--teacher-input-norm goes with --teacher-weights: a teacher kdjax trains sees pixels in [0, 1]")
   primary = is_primary()
   checkpoints = checkpoint_every is not None or resume
   if checkpoints and not write:
     raise ValueError("checkpoints go under the workdir: they need write=True")
+  if tensorboard is True and not write:
+    raise ValueError("tensorboard=True writes under the workdir (WORKDIR/NAME/tensorboard): it needs write=True, "
+                     "or give the folder")
+  if tensorboard:
+    require_tensorboardx()  # missing: fails before any data loads
   if data is None:
     data = load_dataset(cfg.dataset, tfds_data_dir=cfg.tfds_data_dir, download=cfg.download,
                         num_classes=cfg.num_classes)
-  check_models_fit_data(cfg, data)
+  # An imported teacher does not train: its batch size need not fit the data.
+  check_models_fit_data(cfg, data, trains=("student", "distilled") if teacher_weights is not None else
+                        ("teacher", "student", "distilled"))
   method = study_method(cfg)  # make_method(cfg.method, ...), the study's T and alpha filled in where it takes them
   # The distilled run traced on shapes (an untrained stand-in teacher) before anything is written: a method
   # that does not fit the models or the data fails before the teacher and the students alone have trained.
   check_run(data, cfg.distilled, method, untrained(data, cfg.teacher))
   if cfg.distilled.teacher_cache not in ("off", "device"):  # a damaged cache fails now, not after three runs trained
     check_teacher_cache_file(cfg.distilled.teacher_cache)
+  # Imported weights checked name by name, placed and evaluated before anything is written: a wrong file fails here.
+  imported = None if teacher_weights is None else import_trained(teacher_weights, cfg.teacher, data,
+                                                                  input_norm=teacher_input_norm)
   mesh = make_mesh()
   for role in ROLES:  # every global batch must split over the devices, checked before the first run
     if (role_cfg := role_config(cfg, role)) is not None:
@@ -106,16 +131,19 @@ def run_study(cfg: StudyConfig, *, data: ArrayDataset | None = None, progress: b
   out_dir = Path(cfg.workdir) / cfg.name if write else None
   if out_dir:  # reads only: a refused resume leaves no trace
     check_resume(cfg, data, method, out_dir / "checkpoints", resume=resume, teacher_checkpoint=teacher_checkpoint,
-                 start_if_nothing=start_if_nothing)
+                 start_if_nothing=start_if_nothing, imported=None if imported is None else imported.identity)
   with contextlib.ExitStack() as held:
     if out_dir and primary:  # one writer at a time; a folder that cannot take the results fails now
       held.enter_context(exclusive(out_dir, "kdjax distill"))
       check_writable(out_dir)
       for path in remove_leftovers(out_dir):
         print(f"removed {path}, left by an interrupted write", flush=True)
+    track = None if not tensorboard or not primary else out_dir / "tensorboard" if tensorboard is True else tensorboard
+    writers = held.enter_context(run_writers(track, config=to_dict(cfg), fresh=not resume))  # closed however it ends
     return _run_study(cfg, data, method, out_dir, env, primary=primary, progress=progress, checkpoints=checkpoints,
                       checkpoint_every=checkpoint_every, resume=resume, teacher_checkpoint=teacher_checkpoint,
-                      include_unhealthy=include_unhealthy)
+                      imported=imported,
+                      include_unhealthy=include_unhealthy, writers=writers)
 
 
 def study_runs(cfg: StudyConfig) -> list[tuple[str, int]]:
@@ -125,7 +153,8 @@ def study_runs(cfg: StudyConfig) -> list[tuple[str, int]]:
 
 
 def check_resume(cfg: StudyConfig, data: ArrayDataset, method, checkpoints: Path, *, resume: bool,
-                 teacher_checkpoint: str | Path | None = None, start_if_nothing: bool = False) -> None:
+                 teacher_checkpoint: str | Path | None = None, start_if_nothing: bool = False,
+                 imported: str | None = None) -> None:
   """Before anything trains: without ``resume``, no run may have checkpoints under ``checkpoints``
   (they are another run's results); with it, there must be something to resume, and every run's
   newest checkpoint must be of the run this config makes (:func:`kdjax.train.run_identity`: config,
@@ -145,6 +174,8 @@ def check_resume(cfg: StudyConfig, data: ArrayDataset, method, checkpoints: Path
   if teacher_checkpoint is not None:
     meta = read_meta(teacher_checkpoint) or {}
     teacher = (meta.get("run_identity") or {}).get("hash")  # None (an older checkpoint): checked when it restores
+  elif imported is not None:  # the identity of imported weights (kdjax.train.import_trained)
+    teacher = imported
   else:
     teacher = run_identity(data, cfg.teacher, supervised(), seed=cfg.seeds[0])["hash"]
   for (role, seed), directory in saved.items():
@@ -160,9 +191,10 @@ def check_resume(cfg: StudyConfig, data: ArrayDataset, method, checkpoints: Path
 
 def _run_study(cfg: StudyConfig, data: ArrayDataset, method, out_dir: Path | None, env: dict[str, Any], *,
                primary: bool, progress: bool, checkpoints: bool, checkpoint_every: int | None, resume: bool,
-               teacher_checkpoint: str | Path | None, include_unhealthy: bool) -> StudyResult:
+               teacher_checkpoint: str | Path | None, include_unhealthy: bool, writers=None,
+               imported: TrainedModel | None = None) -> StudyResult:
   # A teacher restored from a checkpoint folder before any file changes: a wrong folder fails with nothing lost.
-  restored = None if teacher_checkpoint is None else restore_trained(teacher_checkpoint, cfg.teacher, data)
+  restored = imported if teacher_checkpoint is None else restore_trained(teacher_checkpoint, cfg.teacher, data)
   log_path = None
   if out_dir:
     log_path = out_dir / "metrics.jsonl"
@@ -175,6 +207,8 @@ def _run_study(cfg: StudyConfig, data: ArrayDataset, method, out_dir: Path | Non
     if checkpoints:
       kwargs.update(checkpoint_dir=out_dir / "checkpoints" / f"{role}_seed{seed}",
                     checkpoint_every=checkpoint_every or 0, resume=resume)
+    if writers is not None:  # every epoch's record and step's metrics to TensorBoard too
+      kwargs["hooks"] = [tensorboard_log(writers(run_name(role, seed)))]
     try:
       trained = train_fn(data, *args, seed=seed, log_path=log_path, progress=progress and primary,
                          log_fields={"run": role, "seed": seed}, health=cfg.health, **kwargs)
@@ -196,7 +230,8 @@ def _run_study(cfg: StudyConfig, data: ArrayDataset, method, out_dir: Path | Non
     health = judge_run(teacher.fit.history, teacher.fit.initial, thresholds=cfg.health,
                        majority=majority_share(np.asarray(data.test_labels).tolist()))
     runs["teacher"].append({"seed": cfg.seeds[0], **teacher.test, "wall_s": round(teacher.fit.wall_s, 2),
-                            "restored_from": str(teacher_checkpoint), "health": health,
+                            **({"restored_from": str(teacher_checkpoint)} if imported is None
+                               else {"imported_from": teacher.source}), "health": health,
                             "identity": teacher.identity})
   else:
     teacher = run("teacher", cfg.seeds[0], train_teacher, cfg.teacher)
@@ -209,6 +244,13 @@ def _run_study(cfg: StudyConfig, data: ArrayDataset, method, out_dir: Path | Non
       run("control", seed, train_student, control, desc=f"student+jitter {control.model} seed {seed}")
     run("distilled", seed, distill, cfg.distilled, teacher, method=method)
   judge_study_teacher(runs, cfg.health)
+  if writers is not None:  # each run's verdict at its last step, the teacher's judged against the students too
+    for role in ROLES:
+      for r in runs[role]:
+        run_cfg = role_config(cfg, role)  # an imported teacher never trained: its verdict goes at step 0
+        last = 0 if role == "teacher" and imported is not None else \
+            run_cfg.epochs * steps_per_epoch(len(data.train_labels), run_cfg.batch_size)
+        write_health(writers(run_name(role, r["seed"])), r["health"], last)
   result = StudyResult(cfg, data.name, len(data.test_labels), runs, time.perf_counter() - t0,
                        env["device"], out_dir)
   if out_dir and primary:

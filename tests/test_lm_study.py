@@ -25,8 +25,8 @@ def test_a_bad_lm_study_is_refused_before_training(args, message, capsys, tmp_pa
 
 def test_lm_show_config_prints_the_resolved_study(capsys):
   assert main(["distill", "--config", "lm_tiny", "--set", "student.epochs=3", "--seeds", "4,5", "--show-config"]) == 0
-  cfg = json.loads(capsys.readouterr().out)
-  assert cfg["student"]["epochs"] == 3 and cfg["seeds"] == [4, 5] and cfg["student"]["model"] == "lm_tiny"
+  cfg = __import__("tomllib").loads(capsys.readouterr().out)  # a study file (TOML)
+  assert cfg["kind"] == "lm_study" and cfg["student"]["epochs"] == 3 and cfg["seeds"] == [4, 5] and cfg["student"]["model"] == "lm_tiny"
 
 
 def test_a_small_lm_study_end_to_end(tmp_path, capsys):

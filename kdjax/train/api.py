@@ -4,6 +4,8 @@ teachers) and ``mean_teacher``."""
 from __future__ import annotations
 
 import dataclasses
+import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +20,11 @@ from kdjax.health import HealthThresholds, judge_run, majority_share
 from kdjax.identity import array_digest, fingerprint, identity
 from kdjax.methods import Method, hinton_kd, init_method, method_identity, multi_teacher_kd, supervised
 from kdjax.models import create_model, feature_shapes, split_model
+from kdjax.pretrained import load_state_dict, state_dict_digest
+from kdjax.pretrained.vision import import_weights, weights_num_classes, with_input_normalization
 from kdjax.train.checkpoint import Checkpointing, restore_run
-from kdjax.train.evaluation import make_eval_step
-from kdjax.train.hooks import judge_health
+from kdjax.train.evaluation import evaluate, make_eval_step
+from kdjax.train.hooks import Hook, judge_health
 from kdjax.train.inputs import run_keys
 from kdjax.train.loop import FitResult, fit, steps_per_epoch
 from kdjax.train.state import init_train_state
@@ -45,6 +49,8 @@ class TrainedModel:
   vocabulary: str | None = None  # text models: the fingerprint of the vocabulary its token ids index
   health: dict[str, Any] | None = None  # kdjax.health.judge_run's verdict on its training (None: not judged)
   identity: str | None = None  # the hash of the run that trained it (kdjax.identity; None: not known)
+  # Imported weights (import_trained): {"path", "sha256" of the tensors, "input_norm"}; None: trained by kdjax.
+  source: dict[str, Any] | None = None
 
   @property
   def variables(self) -> dict[str, Any]:
@@ -216,7 +222,8 @@ def _train(data: ArrayDataset, cfg: TrainConfig, method: Method, *, seed: int, d
            teacher: Teachers = None, ema_decay: float | None = None, log_path: str | Path | None = None,
            log_fields: dict[str, Any] | None = None, progress: bool = True,
            checkpoint_dir: str | Path | None = None, checkpoint_every: int = 0, resume: bool = False,
-           mesh=None, data_seed: int | None = None, health: HealthThresholds | None = None) -> TrainedModel:
+           mesh=None, data_seed: int | None = None, health: HealthThresholds | None = None,
+           hooks: Sequence[Hook] = ()) -> TrainedModel:
   graphdef, state, train_step, t_graphdef, t_vars = _setup(data, cfg, method, teacher, seed=seed,
                                                            ema_decay=ema_decay, data_seed=data_seed)
   cached = cfg.teacher_cache != "off"
@@ -243,7 +250,7 @@ def _train(data: ArrayDataset, cfg: TrainConfig, method: Method, *, seed: int, d
                desc=desc, log_path=log_path,
                log_fields=log_fields, progress=progress, steps_per_call=cfg.steps_per_call,
                teacher_cache=teacher_cache, mesh=mesh, checkpointing=checkpointing,
-               hooks=[judge_health(majority, health, main_stage)])
+               hooks=[judge_health(majority, health, main_stage), *hooks])
   verdict = judge_run(result.history, result.initial, majority=majority, main_stage=main_stage,
                       thresholds=HealthThresholds() if health is None else health)
   return TrainedModel(cfg.model, data.num_classes, data.image_shape, graphdef,
@@ -277,6 +284,37 @@ def restore_trained(checkpoint_dir: str | Path, cfg: TrainConfig, data: ArrayDat
   stored = meta.get("run_identity") or {}
   return TrainedModel(cfg.model, data.num_classes, data.image_shape, graphdef, state.params, state.rest,
                       fit_result, state.method_params, state.ema, _vocabulary(data), identity=stored.get("hash"))
+
+
+def import_trained(weights: str | Path, cfg: TrainConfig, data: ArrayDataset, *,
+                   input_norm: str | None = None) -> TrainedModel:
+  """A model of ``cfg.model`` with the weights of a PyTorch or safetensors file (torchvision's ImageNet
+  ResNets, RepDistiller's CIFAR zoo: :mod:`kdjax.pretrained.vision`), evaluated on ``data``'s test split,
+  for use as a teacher without training. The weights must be of ``cfg.model`` and predict ``data``'s
+  classes; every tensor is checked by name and shape before any is used (a ``ValueError`` names what
+  does not fit). ``input_norm`` (``"imagenet"``, ``"cifar100"``; None: none) puts the per-channel
+  normalization the weights were trained with in front of the model, which kdjax feeds pixels in [0, 1].
+  Its identity is ``weights:`` and the SHA-256 of the tensors (:func:`kdjax.pretrained.state_dict_digest`),
+  what a student distilled from it records; ``source`` says where it came from."""
+  if data.is_text:
+    raise ValueError(f"imported weights are for image models; {data.name} is text")
+  state_dict = load_state_dict(weights)
+  classes = weights_num_classes(state_dict, cfg.model)  # a model without an importer fails here, naming those with one
+  if classes is not None and classes != data.num_classes:
+    raise ValueError(f"the teacher weights {weights} predict {classes} classes, but {data.name} has "
+                     f"{data.num_classes}: give weights of a {cfg.model} trained on these classes")
+  t0 = time.perf_counter()
+  model = import_weights(state_dict, cfg.model, input_shape=teacher_input_shape(data), **model_options(cfg, data))
+  model = with_input_normalization(model, input_norm, channels=teacher_input_shape(data)[-1])
+  graphdef, params, rest = split_model(model)
+  test = evaluate(make_eval_step(graphdef), params, rest, data.test_images, data.test_labels)
+  history = [{"epoch": 0, "step": 0, **{f"test_{k}": v for k, v in test.items()}}]
+  digest = state_dict_digest(state_dict)
+  norm = None if input_norm in (None, "none") else input_norm
+  return TrainedModel(cfg.model, data.num_classes, teacher_input_shape(data), graphdef, params, rest,
+                      FitResult(state=None, history=history, test=test, wall_s=time.perf_counter() - t0),
+                      identity=f"weights:{digest}" + (f"+input_norm:{norm}" if norm else ""),
+                      source={"path": str(weights), "sha256": digest, "input_norm": norm})
 
 
 def train_teacher(data: ArrayDataset, cfg: TrainConfig, *, seed: int = 0, **kwargs) -> TrainedModel:
