@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-torch = pytest.importorskip("torch")
-torchvision = pytest.importorskip("torchvision")
+import torch  # noqa: E402  (the test extra installs it: a missing one fails, never skips)
+import torchvision  # noqa: E402
 
 from torch_cifar_refs import REFS, manifest_input, seeded_state_dict  # noqa: E402
 

@@ -18,8 +18,8 @@ from kdjax import tracking
 from kdjax.cli import main
 from kdjax.train.hooks import SavePoint, StepMetrics, tensorboard_log
 
-pytest.importorskip("tensorboardX")
-event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+import tensorboardX  # noqa: E402,F401  (the test extra installs it: a missing one fails, never skips)
+from tensorboard.backend.event_processing import event_accumulator  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 # The cheapest study: mlp100 everywhere, one epoch of 39 steps each, no augmented control (as test_nothing_lost).
