@@ -15,11 +15,12 @@ from __future__ import annotations
 import argparse
 import itertools
 import sys
+from pathlib import Path
 
 from kdjax.bench import add_ratios, bench_kd, bench_lm, check_config, format_lm_table, to_jsonl, write_jsonl
 from kdjax.bench import format_table as format_bench_table
 from kdjax.config import StudyConfig, override, validate_study
-from kdjax.config_file import dumps_toml, load_toml
+from kdjax.config_file import dumps_toml, load_toml, locate_problem
 from kdjax.health import EXIT_UNHEALTHY, warning_block
 from kdjax.lm_study import LM_PRESETS, LMStudyConfig, run_lm_study, unhealthy_lm_runs, validate_lm_study
 from kdjax.methods import REGISTRY, format_hparams, method_hparams, method_spec
@@ -86,8 +87,9 @@ def _parser() -> argparse.ArgumentParser:
                                  "temperature, alpha, learning rate or DKD/DIST's beta train together as one vmapped "
                                  "program), stores one JSON line per run (re-running resumes), and writes report.md, "
                                  "CSV tables and PNG plots.")
-  w.add_argument("config", nargs="?", default="hinton_mnist", choices=sorted(PRESETS),
-                 help="the study preset the grid varies (default: hinton_mnist)")
+  w.add_argument("config", nargs="?", default="hinton_mnist", type=_sweep_config_arg, metavar="NAME|FILE.toml",
+                 help="the study the grid varies: a preset (" + ", ".join(sorted(PRESETS)) + "; default: hinton_mnist) "
+                      "or a study file (docs/study_files.md)")
   w.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
                  help="a grid axis: method, seed, temperature, alpha, method.<hparam> or a study key such as "
                       "distilled.learning_rate (repeatable)")
@@ -151,12 +153,26 @@ def _config_arg(text: str) -> str:
   raise argparse.ArgumentTypeError(f"invalid choice: {text!r} (choose from {names}, or a study file PATH.toml)")
 
 
+def _sweep_config_arg(text: str) -> str:
+  """``kdjax sweep CONFIG``: an image or text study's preset, or a study file."""
+  if text in PRESETS or text.endswith(".toml"):
+    return text
+  names = ", ".join(map(repr, sorted(PRESETS)))
+  raise argparse.ArgumentTypeError(f"invalid choice: {text!r} (choose from {names}, or a study file PATH.toml; "
+                                   "language-model studies do not sweep)")
+
+
 def _study_config(config: str):
   """``(kind, config)`` of ``--config``: a preset, or the study file it names (a StudyFileError, each
   problem as FILE:LINE: key: problem, if it cannot be read)."""
   if config.endswith(".toml"):
     return load_toml(config, STUDY_KINDS)
   return ("lm_study", LM_PRESETS[config]) if config in LM_PRESETS else ("study", PRESETS[config])
+
+
+def _located(config: str, e: Exception) -> str:
+  """A config check's error, with the study file's line of the key it names when ``--config`` is a file."""
+  return locate_problem(config, str(e)) if config.endswith(".toml") else str(e)
 
 
 def _print_error(e: Exception) -> None:
@@ -227,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     validate_study(cfg)
     _check_study_keys_reach_method(cfg, args.overrides)
   except ValueError as e:
-    print(f"kdjax: error: {e}", file=sys.stderr)
+    print(f"kdjax: error: {_located(args.config, e)}", file=sys.stderr)
     return 2
   if args.show_config:
     print(dumps_toml(cfg, kind="study"), end="")
@@ -288,7 +304,7 @@ def _lm_distill(args, base) -> int:
     cfg = override(base, _study_overrides(args))
     validate_lm_study(cfg)
   except ValueError as e:
-    print(f"kdjax: error: {e}", file=sys.stderr)
+    print(f"kdjax: error: {_located(args.config, e)}", file=sys.stderr)
     return 2
   if args.show_config:
     print(dumps_toml(cfg, kind="lm_study"), end="")
@@ -341,9 +357,22 @@ def _list_methods() -> None:
 def _sweep(args) -> int:
   extra = list(args.overrides) + ([f"dataset={args.data}"] if args.data else [])
   try:
-    cfg = override(PRESETS[args.config], extra)
-    validate_study(cfg)
-    result = run_sweep(cfg, args.grid, out_dir=args.out or f"runs/sweep_{args.config}", max_parallel=args.max_parallel,
+    kind, base = _study_config(args.config)
+  except ValueError as e:  # a study file's problems, one a line
+    _print_error(e)
+    return 2
+  if kind != "study":
+    print(f"kdjax: error: {args.config} is a {kind} file: kdjax sweep varies image and text studies (kind = "
+          "\"study\"); compare language-model recipes with kdjax distill", file=sys.stderr)
+    return 2
+  try:
+    try:
+      cfg = override(base, extra)
+      validate_study(cfg)
+    except ValueError as e:
+      raise ValueError(_located(args.config, e)) from None
+    name = Path(args.config).stem if args.config.endswith(".toml") else args.config
+    result = run_sweep(cfg, args.grid, out_dir=args.out or f"runs/sweep_{name}", max_parallel=args.max_parallel,
                        subset=args.subset, data_seed=args.data_seed, baseline=args.baseline,
                        progress=not args.no_progress, include_unhealthy=args.include_unhealthy,
                        tensorboard=args.tensorboard)

@@ -526,6 +526,25 @@ def _dotted(key: tuple) -> str:
   return out
 
 
+def locate_problem(path, message: str) -> str:
+  """``message`` (a check's error on a config read from the study file ``path``, e.g. ``distilled.epochs
+  must be >= 1, got 0``) as ``FILE:LINE: message``, the line the file gives the first key the message
+  names (the earliest named, the longest at one place); the message alone when it names none of the
+  file's keys (a value the file left to its preset, or set with --set)."""
+  try:
+    lines = key_lines(Path(path).read_text(encoding="utf-8-sig"))
+  except (OSError, UnicodeDecodeError):
+    return message
+  found = []
+  for key, line in lines.items():
+    if not key or not all(isinstance(k, str) for k in key) or key[0] in RESERVED:
+      continue
+    m = re.search(rf"(?<![\w.]){re.escape(_dotted(key))}(?![\w])", message)
+    if m:
+      found.append((m.start(), -len(key), line))
+  return f"{path}:{min(found)[2]}: {message}" if found else message
+
+
 # ---------------------------------------------------------------------------------------------------
 # Lines
 

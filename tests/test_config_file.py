@@ -216,7 +216,14 @@ def test_a_file_the_config_checks_refuse_fails_before_training(capsys, tmp_path)
   path = tmp_path / "s.toml"
   path.write_text('preset = "hinton_mnist"\nalpha = 1.5\n')
   code, _, err = _cli(["distill", "--config", str(path), "--workdir", str(tmp_path / "runs")], capsys)
-  assert code == 2 and "alpha" in err and not (tmp_path / "runs").exists()
+  assert code == 2 and err.startswith(f"kdjax: error: {path}:2: alpha (weight of the hard-label term) must") and not (tmp_path / "runs").exists()
+  # the line of the key the check names, in a table too; a value the file left to its preset has none
+  path.write_text('preset = "hinton_mnist"\n# the student\n[distilled]\nmodel = "mlp800"\nepochs = 0\n')
+  code, _, err = _cli(["distill", "--config", str(path), "--workdir", str(tmp_path / "runs")], capsys)
+  assert code == 2 and err.startswith(f"kdjax: error: {path}:5: distilled.epochs must be >= 1, got 0")
+  path.write_text('preset = "hinton_mnist"\nname = "alpha"\n')
+  code, _, err = _cli(["distill", "--config", str(path), "--set", "temperature=-1"], capsys)
+  assert code == 2 and err.startswith("kdjax: error: temperature must be")
   code, _, err = _cli(["distill", "--config", str(tmp_path / "missing.toml")], capsys)
   assert code == 2 and err.startswith(f"kdjax: error: {tmp_path / 'missing.toml'}: cannot read the study file")
 
@@ -252,3 +259,22 @@ def test_the_example_study_files_load():
   validate_study(cfg)
   assert isinstance(cfg, StudyConfig) and isinstance(cfg.teacher, TrainConfig)
   assert not isinstance(cfg, LMStudyConfig)
+
+
+def test_kdjax_sweep_takes_a_study_file_of_an_image_or_text_study(capsys, tmp_path):
+  """``kdjax sweep FILE.toml``: the file's problems and its config's, with their lines, before anything
+  runs; a language-model study file is refused (LM recipes are compared by kdjax distill)."""
+  path = tmp_path / "s.toml"
+  path.write_text('preset = "hinton_mnist"\n[student]\nepochs = 0\n')
+  code, _, err = _cli(["sweep", str(path), "--grid", "seed=0,1", "--out", str(tmp_path / "out")], capsys)
+  assert code == 2 and err.startswith(f"kdjax: error: {path}:3: student.epochs must be >= 1, got 0")
+  path.write_text('preset = "hinton_mnist"\n[student]\nepochs = "1"\n')
+  code, _, err = _cli(["sweep", str(path), "--grid", "seed=0,1", "--out", str(tmp_path / "out")], capsys)
+  assert code == 2 and f"{path}:3: student.epochs: expected an integer" in err
+  path.write_text('preset = "lm_tiny"\n')
+  code, _, err = _cli(["sweep", str(path), "--grid", "seed=0,1", "--out", str(tmp_path / "out")], capsys)
+  assert code == 2 and "is a lm_study file: kdjax sweep varies image and text studies" in err
+  assert not (tmp_path / "out").exists()
+  with pytest.raises(SystemExit):
+    main(["sweep", "lm_tiny"])
+  assert "language-model studies do not sweep" in capsys.readouterr().err
