@@ -170,9 +170,12 @@ def _study_config(config: str):
   return ("lm_study", LM_PRESETS[config]) if config in LM_PRESETS else ("study", PRESETS[config])
 
 
-def _located(config: str, e: Exception) -> str:
-  """A config check's error, with the study file's line of the key it names when ``--config`` is a file."""
-  return locate_problem(config, str(e)) if config.endswith(".toml") else str(e)
+def _located(config: str, e: Exception, overrides=()) -> str:
+  """A config check's error, with the study file's line of the key it names when ``--config`` is a file
+  and the key's value is the file's (not one of ``overrides``, the command's ``key=value`` assignments)."""
+  if not config.endswith(".toml"):
+    return str(e)
+  return locate_problem(config, str(e), overridden={item.partition("=")[0].strip() for item in overrides})
 
 
 def _print_error(e: Exception) -> None:
@@ -243,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     validate_study(cfg)
     _check_study_keys_reach_method(cfg, args.overrides)
   except ValueError as e:
-    print(f"kdjax: error: {_located(args.config, e)}", file=sys.stderr)
+    print(f"kdjax: error: {_located(args.config, e, extra)}", file=sys.stderr)
     return 2
   if args.show_config:
     print(dumps_toml(cfg, kind="study"), end="")
@@ -304,7 +307,7 @@ def _lm_distill(args, base) -> int:
     cfg = override(base, _study_overrides(args))
     validate_lm_study(cfg)
   except ValueError as e:
-    print(f"kdjax: error: {_located(args.config, e)}", file=sys.stderr)
+    print(f"kdjax: error: {_located(args.config, e, _study_overrides(args))}", file=sys.stderr)
     return 2
   if args.show_config:
     print(dumps_toml(cfg, kind="lm_study"), end="")
@@ -370,7 +373,7 @@ def _sweep(args) -> int:
       cfg = override(base, extra)
       validate_study(cfg)
     except ValueError as e:
-      raise ValueError(_located(args.config, e)) from None
+      raise ValueError(_located(args.config, e, extra)) from None
     name = Path(args.config).stem if args.config.endswith(".toml") else args.config
     result = run_sweep(cfg, args.grid, out_dir=args.out or f"runs/sweep_{name}", max_parallel=args.max_parallel,
                        subset=args.subset, data_seed=args.data_seed, baseline=args.baseline,

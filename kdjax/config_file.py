@@ -44,6 +44,7 @@ import bisect
 import dataclasses
 import datetime
 import difflib
+import math
 import re
 import tomllib
 import types
@@ -360,6 +361,8 @@ def _read_value(value, tp, current, key: tuple, ctx: _Context):
   if tp in (bool, int, float, str):
     if not _fits(value, tp):
       return ctx.bad(key, f"expected {_expected(tp)}, got {_describe(value)}")
+    if tp is float and not math.isfinite(value):  # as --set refuses them: no field takes inf or nan
+      return ctx.bad(key, f"expected a finite number, got {_describe(value)}")
     return float(value) if tp is float else value
   return ctx.bad(key, f"a field typed {tp} cannot be read from a study file")
 
@@ -526,23 +529,34 @@ def _dotted(key: tuple) -> str:
   return out
 
 
-def locate_problem(path, message: str) -> str:
+def locate_problem(path, message: str, *, overridden=()) -> str:
   """``message`` (a check's error on a config read from the study file ``path``, e.g. ``distilled.epochs
-  must be >= 1, got 0``) as ``FILE:LINE: message``, the line the file gives the first key the message
-  names (the earliest named, the longest at one place); the message alone when it names none of the
-  file's keys (a value the file left to its preset, or set with --set)."""
+  must be >= 1, got 0``) as ``FILE:LINE: message``, the line where the file sets the first key the message
+  names (the earliest named, the longest at one place); the message alone when it names no key the file
+  sets, or only keys in ``overridden`` (dotted keys given on the command line, e.g. by --set)."""
   try:
-    lines = key_lines(Path(path).read_text(encoding="utf-8-sig"))
-  except (OSError, UnicodeDecodeError):
+    text = Path(path).read_text(encoding="utf-8-sig")
+    values = _value_keys(tomllib.loads(text))
+  except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
     return message
+  lines = key_lines(text)
   found = []
-  for key, line in lines.items():
-    if not key or not all(isinstance(k, str) for k in key) or key[0] in RESERVED:
+  for key in values:
+    dotted = _dotted(key)
+    if key[0] in RESERVED or key not in lines or dotted in overridden:
       continue
-    m = re.search(rf"(?<![\w.]){re.escape(_dotted(key))}(?![\w])", message)
+    m = re.search(rf"(?<![\w.]){re.escape(dotted)}(?![\w.])", message)
     if m:
-      found.append((m.start(), -len(key), line))
+      found.append((m.start(), -len(key), lines[key]))
   return f"{path}:{min(found)[2]}: {message}" if found else message
+
+
+def _value_keys(doc: dict, prefix: tuple = ()) -> list[tuple]:
+  """The paths of the keys of a parsed TOML document that hold a value (not a table)."""
+  keys = []
+  for k, v in doc.items():
+    keys += _value_keys(v, prefix + (k,)) if isinstance(v, dict) else [prefix + (k,)]
+  return keys
 
 
 # ---------------------------------------------------------------------------------------------------

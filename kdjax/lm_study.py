@@ -253,7 +253,7 @@ def _fill_topk_cache(directory: Path, identity: dict, graphdef, variables, rows:
 def imported_lm_teacher(path: str | Path, *, vocab_size: int, seq_len: int, tokenizer: str = "ByteTokenizer"):
   """A local Hugging Face GPT-2 checkpoint (:func:`kdjax.pretrained.gpt2.load_gpt2`: a folder or a weights
   file; nothing is downloaded) as a study's teacher: ``(graphdef, {"params", "rest"}, identity)``, the
-  identity a digest of its weights, LayerNorm epsilon and activation.
+  identity a digest of its weights and architecture (heads, widths, context, epsilon, activation).
 
   Its vocabulary must be the study tokenizer's (``vocab_size`` ids of ``tokenizer``): kdjax does not
   distil across tokenizers, so a teacher with another vocabulary (GPT-2's own 50257 BPE ids) is refused,
@@ -267,8 +267,12 @@ def imported_lm_teacher(path: str | Path, *, vocab_size: int, seq_len: int, toke
                      f"the study's seq_len {seq_len}")
   graphdef, params, rest = split_model(model)
   variables = {"params": params, "rest": rest}
+  # The weights and every setting of the function (heads, widths, context, epsilon, activation): a config.json
+  # that changes n_head alone changes the logits, so it must change the identity (and the top-k cache's).
   teacher_id = digest({"imported": "gpt2", "weights": array_digest(*jax.tree.leaves(jax.device_get(variables))),
-                       "norm_eps": model.norm_eps, "activation": model.activation})
+                       "architecture": {k: getattr(model, k) for k in ("vocab_size", "dim", "depth", "num_heads",
+                                                                        "mlp_dim", "max_len", "position_encoding",
+                                                                        "norm_eps", "activation")}})
   return graphdef, variables, teacher_id
 
 

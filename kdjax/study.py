@@ -33,6 +33,7 @@ from kdjax.runs import check_models_fit_data, environment, subset_data  # re-exp
 from kdjax.stats import mean_std  # noqa: F401  (re-exported, as before)
 from kdjax.identity import fingerprint
 from kdjax.methods import supervised
+from kdjax.pretrained.vision import supported_models
 from kdjax.tracking import require_tensorboardx, run_name, run_writers, write_health
 from kdjax.train import (NonFiniteLossError, TrainedModel, check_run, distill, import_trained, restore_trained,
                          run_identity, train_student, train_teacher, untrained)
@@ -96,6 +97,9 @@ def run_study(cfg: StudyConfig, *, data: ArrayDataset | None = None, progress: b
                      "(--teacher-weights), not both")
   if teacher_input_norm not in (None, "none") and teacher_weights is None:
     raise ValueError("--teacher-input-norm goes with --teacher-weights: a teacher kdjax trains sees pixels in [0, 1]")
+  if teacher_weights is not None and cfg.teacher.model not in supported_models():  # before any data loads
+    raise ValueError(f"--teacher-weights: no weight import for the teacher model {cfg.teacher.model!r}; importable: "
+                     f"{', '.join(supported_models())} (torchvision's ImageNet ResNets, RepDistiller's CIFAR zoo)")
   primary = is_primary()
   checkpoints = checkpoint_every is not None or resume
   if checkpoints and not write:

@@ -67,6 +67,26 @@ def open_writer(log_dir: str | Path, *, fresh: bool = False):
   return SummaryWriter(str(log_dir), flush_secs=FLUSH_SECS, filename_suffix=f".{time.time_ns()}")
 
 
+def flush(writer) -> None:
+  """Puts everything ``writer`` was given on disk now. tensorboardX's own ``flush()`` flushes only what
+  its background thread has already taken off its queue; here each event file's thread is stopped (it
+  writes the whole queue first), the file flushed, and a new thread started on the same file. Where a
+  tensorboardX release lays its writers out otherwise, its own ``flush()``."""
+  files = [w.event_writer for w in (getattr(writer, "all_writers", None) or {}).values()
+           if hasattr(getattr(w, "event_writer", None), "_worker")]
+  if not files:
+    writer.flush()
+    return
+  for events in files:
+    if events._closed:
+      continue
+    worker = events._worker
+    worker.stop()  # the shutdown signal queues behind every pending event: all of them are written
+    events._ev_writer.flush()
+    events._worker = type(worker)(events._event_queue, events._ev_writer, events._flush_secs)
+    events._worker.start()
+
+
 @contextlib.contextmanager
 def run_writers(root: str | Path | None, *, config: Mapping[str, Any] | None = None,
                 fresh: bool = True) -> Iterator[Callable[[str], Any] | None]:

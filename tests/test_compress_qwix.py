@@ -223,3 +223,27 @@ def test_a_qwix_quantized_model_trains_through_kdjax_and_reports_its_int8_accura
   qgraphdef, qparams, qrest = compress.qwix_quantize(r.graphdef, r.params, r.rest, data.image_shape)
   int8 = evaluate(make_eval_step(qgraphdef), qparams, qrest, data.test_images, data.test_labels)
   assert r.test["errors"] == int8["errors"]  # what the run reports is the int8 model's accuracy
+
+
+def test_the_experiments_agreement_pairs_only_the_kernels_both_quantize():
+  """experiments/compress.py compares the two int8 models on a convolutional student too: qwix leaves the
+  convolutions float, so only the dense kernels are paired (it indexed a float kernel as {"q", "scale"})."""
+  import importlib.util
+  from pathlib import Path
+
+  from kdjax.compress import qwix_quantize
+  from kdjax.models import create_model, split_model
+
+  path = Path(__file__).resolve().parent.parent / "experiments" / "compress.py"
+  spec = importlib.util.spec_from_file_location("compress_experiment", path)
+  experiment = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(experiment)
+  graphdef, params, rest = split_model(create_model("cnn16", num_classes=10, input_shape=(32, 32, 3)))
+  qgraphdef, qparams, qrest = qwix_quantize(graphdef, params, rest, (32, 32, 3))
+  images = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+  found = experiment._int8_agreement(params, qparams, graphdef, qgraphdef, rest, qrest, images)
+  dense = sum(x.size for x in jax.tree.leaves(params) if x.ndim == 2)  # the dense kernels (the conv's are 4-D)
+  assert found["int8_values"] == dense
+  assert found["max_int8_difference"] <= 1 and found["max_scale_relative_difference"] < 1e-6
+  # kdjax's model also rounds the convolution to int8, qwix's keeps it float: the logits differ by that alone
+  assert found["max_logit"] > 0 and found["max_logit_difference"] < 2e-2 * found["max_logit"]

@@ -41,17 +41,22 @@ def test_values_of_every_kind_round_trip_exactly():
   cfg = dataclasses.replace(
       HINTON_MNIST, name=weird, tfds_data_dir="C:\\data\\tfds", num_classes=None, seeds=(7, -1, 2**40),
       teacher=dataclasses.replace(HINTON_MNIST.teacher, learning_rate=0.1 + 0.2, weight_decay=5e-300, momentum=1e300,
-                                  clip_norm=math.inf, warmup_epochs=-0.0, decay_epochs=(1, 2), dropout=0.0,
+                                  clip_norm=1.5e-7, warmup_epochs=-0.0, decay_epochs=(1, 2), dropout=0.0,
                                   cache_features=("block1", "pre_logits")),
       method="reviewkd", method_hparams=(("layers", ("block1", "block2")), ("max_mid_channels", 2),
                                          ("teacher_layers", ("a",)), ("warmup_epochs", 3.5), ("weight", 1.5)))
   text = dumps_toml(cfg, kind="study")
   assert loads_toml(text, STUDY_KINDS) == ("study", cfg)
-  assert "learning_rate = 0.30000000000000004" in text and "clip_norm = inf" in text
-  # nan is not equal to itself: compare the text written again
-  nan = dataclasses.replace(cfg, teacher=dataclasses.replace(cfg.teacher, momentum=math.nan))
-  again = loads_toml(dumps_toml(nan), STUDY_KINDS)[1]
-  assert math.isnan(again.teacher.momentum) and dumps_toml(again) == dumps_toml(nan)
+  assert "learning_rate = 0.30000000000000004" in text and "clip_norm = 1.5e-07" in text
+  # inf and nan are written as TOML has them, and refused on reading with their line, as --set refuses them
+  bad = dataclasses.replace(cfg, teacher=dataclasses.replace(cfg.teacher, momentum=math.nan, clip_norm=math.inf))
+  text = dumps_toml(bad)
+  with pytest.raises(StudyFileError) as e:
+    loads_toml(text, STUDY_KINDS, path="s.toml")
+  lines = text.splitlines()
+  assert str(e.value).splitlines() == [
+      f"s.toml:{lines.index('momentum = nan') + 1}: teacher.momentum: expected a finite number, got a float (nan)",
+      f"s.toml:{lines.index('clip_norm = inf') + 1}: teacher.clip_norm: expected a finite number, got a float (inf)"]
   # None: a left-out key where the default is None; "none" where it is not (max_rows is 8000 by default)
   lm = dataclasses.replace(LM_PRESETS["lm_tiny"], max_rows=None, corpus_bytes=None)
   text = dumps_toml(lm, kind="lm_study")
@@ -224,6 +229,10 @@ def test_a_file_the_config_checks_refuse_fails_before_training(capsys, tmp_path)
   path.write_text('preset = "hinton_mnist"\nname = "alpha"\n')
   code, _, err = _cli(["distill", "--config", str(path), "--set", "temperature=-1"], capsys)
   assert code == 2 and err.startswith("kdjax: error: temperature must be")
+  # a value --set gives is not the file's, though the file sets the key; a table's header is not its keys
+  path.write_text('preset = "hinton_mnist"\n[distilled]\nepochs = 3\njitter = 1\n')
+  code, _, err = _cli(["distill", "--config", str(path), "--set", "distilled.epochs=0"], capsys)
+  assert code == 2 and err.startswith("kdjax: error: distilled.epochs must be >= 1, got 0")
   code, _, err = _cli(["distill", "--config", str(tmp_path / "missing.toml")], capsys)
   assert code == 2 and err.startswith(f"kdjax: error: {tmp_path / 'missing.toml'}: cannot read the study file")
 

@@ -28,7 +28,7 @@ IN_FUNCTION_ALLOWED: set[str] = set()
 # Third-party packages that stay optional at import time: imported inside the function that uses
 # them, never at module level, so that ``import kdjax`` (and any kdjax module) loads none of them.
 OPTIONAL = ("tensorflow_datasets", "tensorflow", "grain", "ml_collections", "matplotlib", "torch", "array_record",
-            "ai_edge_litert", "tensorboardX", "tensorboard", "qwix")
+            "ai_edge_litert", "tensorboardX", "tensorboard", "qwix", "transformers", "safetensors", "torchvision")
 
 
 # --- The source, parsed -----------------------------------------------------------------------------

@@ -218,6 +218,12 @@ def test_lm_study_teacher_must_have_the_tokenizers_vocabulary(hf, tmp_path):
     imported_lm_teacher(tmp_path / "gpt2_300", vocab_size=259, seq_len=16)
   with pytest.raises(ValueError, match=r"at most 16 tokens \(n_positions\), fewer than the study's seq_len 32"):
     imported_lm_teacher(tmp_path / "bytes", vocab_size=259, seq_len=32)
+  # The same weights read with another head count compute other logits: another identity (and top-k cache).
+  shutil.copytree(tmp_path / "bytes", tmp_path / "one_head")
+  config = json.loads((tmp_path / "one_head" / "config.json").read_text())
+  (tmp_path / "one_head" / "config.json").write_text(json.dumps({**config, "n_head": 1}))
+  assert imported_lm_teacher(tmp_path / "one_head", vocab_size=259, seq_len=16)[2] != identity
+  assert imported_lm_teacher(tmp_path / "bytes", vocab_size=259, seq_len=16)[2] == identity
 
 
 @pytest.mark.slow

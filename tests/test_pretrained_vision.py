@@ -286,3 +286,24 @@ def test_cli_refuses_wrong_teacher_weights_before_training(tmp_path, capsys):
   assert "--teacher-input-norm do not apply to a language-model study" in capsys.readouterr().err
   assert main([*argv, "--teacher-input-norm", "imagenet"]) == 2
   assert "--teacher-input-norm goes with --teacher-weights" in capsys.readouterr().err
+
+
+def test_half_precision_safetensors_load_as_float32_with_the_digest_of_the_same_values(tmp_path, resnet8_weights):
+  """bfloat16 (which NumPy cannot read) and float16 weights come back float32, integers as they were, so
+  a file's precision changes nothing but its values' rounding."""
+  import ml_dtypes
+  from safetensors.numpy import save_file
+
+  from kdjax.pretrained import load_state_dict, state_dict_digest
+  rounded = {}
+  for dtype, name in ((ml_dtypes.bfloat16, "bf16"), (np.float16, "f16")):
+    half = {k: np.asarray(v).astype(dtype) if np.issubdtype(np.asarray(v).dtype, np.floating) else np.asarray(v)
+            for k, v in resnet8_weights.items()}
+    save_file(half, str(tmp_path / f"{name}.safetensors"))
+    loaded = load_state_dict(tmp_path / f"{name}.safetensors")
+    for k, v in half.items():
+      assert loaded[k].dtype == (np.float32 if v.dtype == dtype else v.dtype), k
+      np.testing.assert_array_equal(loaded[k], v.astype(loaded[k].dtype))
+    rounded[name] = {k: v.astype(np.float32) if v.dtype == dtype else v for k, v in half.items()}
+    assert state_dict_digest(loaded) == state_dict_digest(rounded[name])
+  assert not np.array_equal(rounded["bf16"]["fc.weight"], rounded["f16"]["fc.weight"])

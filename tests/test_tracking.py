@@ -168,6 +168,19 @@ def test_a_resumed_run_replaces_what_the_interrupted_one_logged_past_its_checkpo
     tensorboard_log(None, every_steps=0)
 
 
+def test_a_save_point_puts_what_was_logged_on_disk(tmp_path):
+  """Each epoch end or checkpoint flushes the writer: a run killed after it (SIGKILL closes nothing) and
+  resumed from that checkpoint loses no point from before it."""
+  writer = tracking.open_writer(tmp_path, fresh=True)
+  hook = tensorboard_log(writer, every_steps=2)
+  hook.on_step(_call(1, [6.0, 5.0, 4.0, 3.0]))
+  hook.on_save_point(SavePoint(4, 1, None, [], {}, 0.0, {"epoch": 1, "step": 4, "test_accuracy": 0.5}, {}))
+  acc = _read(tmp_path)  # the writer is still open, and its 10-second flush has not come
+  assert [(e.step, e.value) for e in acc.Scalars("train/loss")] == [(2, 5.0), (4, 3.0)]
+  assert [(e.step, e.value) for e in acc.Scalars("test/accuracy")] == [(4, 0.5)]
+  writer.close()
+
+
 def test_write_run_writes_a_stored_sweep_run(tmp_path):
   history = [{"epoch": e, "test_accuracy": 0.5 + e / 10, "train_loss": 1.0 / e, "skipped_steps": 0} for e in (1, 2)]
   health = {"ok": False, "problems": [{"kind": "diverged", "label": "diverged", "detail": "loss rose"}]}

@@ -28,16 +28,19 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
   state dict under ``model`` / ``state_dict`` (RepDistiller, Lightning) is unwrapped, and a
   ``module.`` prefix (``nn.DataParallel``) is dropped."""
   path = Path(path)
+  if path.is_dir():
+    raise ValueError(f"{path} is a folder: give the weights file in it (a Hugging Face folder is read by "
+                     "kdjax.pretrained.gpt2.load_gpt2, which a language-model study's --teacher-weights takes)")
   if not path.is_file():
     raise FileNotFoundError(f"weights file {path} does not exist")
   suffix = path.suffix.lower()
   if suffix in SAFETENSORS_SUFFIXES:
     try:
-      from safetensors.numpy import load_file
+      from safetensors import safe_open
     except ImportError:
       raise ImportError(f"reading {path} needs the safetensors package: pip install safetensors") from None
     try:
-      tensors = load_file(str(path))
+      tensors = _read_safetensors(safe_open, path)
     except Exception as e:  # safetensors' own error type: a damaged or truncated file
       raise ValueError(f"cannot read {path} as safetensors: {e}") from None
   elif suffix in TORCH_SUFFIXES:
@@ -69,6 +72,24 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
   if tensors and all(k.startswith("module.") for k in tensors):
     tensors = {k[len("module."):]: v for k, v in tensors.items()}
   return dict(tensors)
+
+
+def _read_safetensors(safe_open, path: Path) -> dict[str, np.ndarray]:
+  """Every tensor as NumPy, bfloat16 ones (which NumPy cannot read) through JAX, floats as float32."""
+  with safe_open(str(path), framework="numpy") as f:
+    names = list(f.keys())
+    bf16 = {k for k in names if f.get_slice(k).get_dtype() == "BF16"}
+    tensors = {k: f.get_tensor(k) for k in names if k not in bf16}
+  if bf16:
+    with safe_open(str(path), framework="flax") as f:
+      tensors.update({k: np.asarray(f.get_tensor(k)) for k in bf16})
+  return {k: _float32(tensors[k]) for k in names}
+
+
+def _float32(a: np.ndarray) -> np.ndarray:
+  """Floating-point weights (bfloat16, float16, float64) as float32, the same whatever file they came in;
+  integers as they are."""
+  return a.astype(np.float32) if np.issubdtype(a.dtype, np.floating) or a.dtype.name == "bfloat16" else a
 
 
 def _to_numpy(t) -> np.ndarray:

@@ -246,8 +246,9 @@ def load_gpt2(path: str | os.PathLike, *, config=None) -> DecoderLM:
   if config is None:
     config = directory / CONFIG_FILE
     if not config.is_file():
-      raise FileNotFoundError(f"{directory} has no {CONFIG_FILE}: the GPT-2 config is needed for the LayerNorm "
-                              "epsilon and activation (or pass config=)")
+      raise FileNotFoundError(f"{directory} has no {CONFIG_FILE} beside {weights.name}: a GPT-2 teacher is a "
+                              "Hugging Face folder (config.json and model.safetensors, as save_pretrained writes "
+                              "it), whose config gives the LayerNorm epsilon and activation (or pass config=)")
   kwargs = gpt2_config_to_kwargs(config)
   state_dict = read_gpt2_state_dict(weights)
   model = nnx.eval_shape(lambda: DecoderLM(**kwargs, rngs=nnx.Rngs(0)))

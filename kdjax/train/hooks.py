@@ -178,8 +178,9 @@ def tensorboard_log(writer, *, every_steps: int = 10) -> Hook:
   def epoch(point: SavePoint) -> None:
     if point.record is not None:
       tracking.write_record(writer, point.record)
+    tracking.flush(writer)  # every epoch end and checkpoint: a killed run resumes past nothing it had not written
 
-  return Hook(on_step=steps, on_save_point=epoch, close=writer.flush)
+  return Hook(on_step=steps, on_save_point=epoch, close=lambda: tracking.flush(writer))
 
 
 def rewind_log(path: str | Path, run: Mapping[str, Any], kept_epochs: int) -> None:
