@@ -303,11 +303,12 @@ def _lm_distill(args, base) -> int:
           "corpus and runs with --set (e.g. --set recipes=sft,word_kd --set corpus=files:'docs/*.md')",
           file=sys.stderr)
     return 2
+  overrides = _study_overrides(args)
   try:
-    cfg = override(base, _study_overrides(args))
+    cfg = override(base, overrides)
     validate_lm_study(cfg)
   except ValueError as e:
-    print(f"kdjax: error: {_located(args.config, e, _study_overrides(args))}", file=sys.stderr)
+    print(f"kdjax: error: {_located(args.config, e, overrides)}", file=sys.stderr)
     return 2
   if args.show_config:
     print(dumps_toml(cfg, kind="lm_study"), end="")

@@ -90,17 +90,18 @@ def torchvision_resnet_table(model: ImageNetResNet) -> list[Row]:
   """torchvision's ``resnet18/34/50`` names (``conv1``, ``bn1``, ``layer{1-4}.{b}.conv{k}`` / ``bn{k}`` /
   ``downsample.{0,1}``, ``fc``) onto :class:`kdjax.models.resnet.ImageNetResNet`."""
   _expect(model, ImageNetResNet, "torchvision ResNet")
-  rows = _conv("conv1", ("conv1",)) + _bn("bn1", ("bn1",))
-  for s, stage in enumerate(model.stages):
-    for b, block in enumerate(stage):
-      rows += _basic_or_bottleneck(f"layer{s + 1}.{b}", ("stages", s, b), block, "downsample")
-  return rows + _linear("fc", ("fc",))
+  return _resnet_rows(model)
 
 
 def _cifar_resnet_table(model) -> list[Row]:
-  """RepDistiller's models/resnet.py: ``conv1``, ``bn1``, ``layer{1-3}.{b}.conv{1,2}`` / ``bn{1,2}`` /
-  ``downsample.{0,1}``, ``fc``."""
+  """RepDistiller's models/resnet.py: torchvision's names with three stages (``layer{1-3}``)."""
   _expect(model, cifar.CifarResNet, "RepDistiller CIFAR ResNet")
+  return _resnet_rows(model)
+
+
+def _resnet_rows(model) -> list[Row]:
+  """The names torchvision's and RepDistiller's ResNets share: ``conv1``, ``bn1``, ``layer{s}.{b}.conv{k}`` /
+  ``bn{k}`` / ``downsample.{0,1}`` for each of the model's stages, ``fc``."""
   rows = _conv("conv1", ("conv1",)) + _bn("bn1", ("bn1",))
   for s, stage in enumerate(model.stages):
     for b, block in enumerate(stage):
